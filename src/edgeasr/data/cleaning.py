@@ -1,0 +1,203 @@
+"""Bad input never disappears silently: every dropped item is counted under a reason and logged.
+
+The prepare stage either filters an item here (counted in ``reports/prepare.json`` as
+``filtered/<reason>`` and listed with its file in ``data/prepare/filtered.jsonl``) or stops with an
+error that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lhotse import CutSet, RecordingSet, SupervisionSet
+
+log = logging.getLogger(__name__)
+
+REASONS = (
+    "unreadable_audio",      # decoding failed or zero samples
+    "missing_audio",         # a transcript whose recording does not exist
+    "duplicate_id",          # a second item with an id already seen (first one kept)
+    "empty_transcript",
+    "unknown_characters",    # the tokenizer (trained on train text) cannot represent the text
+    "too_short",             # below filters.min_duration
+    "too_long",              # above filters.max_duration
+    "too_short_for_labels",  # fewer encoder frames after subsampling than tokens
+)
+
+
+@dataclass
+class FilterLog:
+    """Counts and records every dropped item; a few examples per reason go to the log."""
+
+    counts: Counter = field(default_factory=Counter)
+    items: list[dict] = field(default_factory=list)
+    resampled: int = 0
+    max_logged_per_reason: int = 5
+
+    def drop(self, split: str, item_id: str, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown filter reason {reason!r}")
+        self.counts[reason] += 1
+        self.items.append({"split": split, "id": item_id, "reason": reason, "detail": detail})
+        if self.counts[reason] <= self.max_logged_per_reason:
+            log.warning("[%s] dropped %s: %s%s", split, item_id, reason, f" ({detail})" if detail else "")
+
+    def metrics(self) -> dict[str, int]:
+        out = {f"filtered/{r}": int(self.counts[r]) for r in REASONS}
+        out["filtered/total"] = int(sum(self.counts.values()))
+        out["resampled"] = int(self.resampled)
+        return out
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for item in self.items:
+                f.write(json.dumps(item, sort_keys=True) + "\n")
+
+
+_PUNCT = re.compile(r"[^\w\s']", flags=re.UNICODE)
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_transcript(text: str | None, mode: str = "basic") -> str:
+    """``none``: whitespace only; ``lower``: lowercase; ``basic``: lowercase, punctuation except
+    apostrophes removed. Digits are NOT spelled out: a tokenizer without them filters such
+    utterances (counted as ``unknown_characters``) instead of learning a wrong spelling."""
+    if text is None:
+        return ""
+    if mode in ("lower", "basic"):
+        text = text.lower()
+    if mode == "basic":
+        text = _PUNCT.sub(" ", text).replace("_", " ")
+    elif mode not in ("none", "lower"):
+        raise ValueError(f"unknown text normalization {mode!r}; use none, lower or basic")
+    return _SPACES.sub(" ", text).strip()
+
+
+def _source_of(rec) -> str:
+    return ", ".join(s.source for s in rec.sources if isinstance(s.source, str)) or rec.id
+
+
+def _readable(rec) -> str | None:
+    """Return an error message if the recording cannot be decoded, else None."""
+    try:
+        audio = rec.load_audio()
+    except Exception as e:  # soundfile/audioread raise many types for corrupt files
+        return f"{_source_of(rec)}: {type(e).__name__}: {e}"
+    if audio.size == 0:
+        return f"{_source_of(rec)}: no samples"
+    return None
+
+
+def clean_split(
+    split: str,
+    recordings: RecordingSet,
+    supervisions: SupervisionSet | None,
+    log_: FilterLog,
+    *,
+    text_normalization: str = "basic",
+    sample_rate: int = 16000,
+    min_duration: float = 0.0,
+    max_duration: float = float("inf"),
+    decode_check: bool = True,
+    num_jobs: int = 2,
+    labeled: bool = True,
+) -> CutSet:
+    """Validate raw manifests and turn them into one cut per supervision at ``sample_rate``.
+
+    Drops (counted): duplicate recording/supervision ids, unreadable audio (a full decode when
+    ``decode_check``), supervisions without a recording, empty transcripts (labeled splits),
+    durations outside ``[min_duration, max_duration]``. Resamples other rates (counted as
+    ``resampled``, not dropped).
+    """
+    recs, seen = [], {}
+    for rec in recordings:
+        if rec.id in seen:
+            log_.drop(split, rec.id, "duplicate_id", f"{_source_of(rec)} repeats {seen[rec.id]}")
+            continue
+        seen[rec.id] = _source_of(rec)
+        recs.append(rec)
+    if decode_check:
+        with ThreadPoolExecutor(max(1, num_jobs)) as pool:
+            errors = list(pool.map(_readable, recs))
+        kept = []
+        for rec, err in zip(recs, errors):
+            if err:
+                log_.drop(split, rec.id, "unreadable_audio", err)
+            else:
+                kept.append(rec)
+        recs = kept
+    rec_ids = {r.id for r in recs}
+
+    sups, seen_sup = [], set()
+    dropped_recs = set(seen) - rec_ids
+    for sup in supervisions or []:
+        if sup.id in seen_sup:
+            log_.drop(split, sup.id, "duplicate_id", f"supervision id repeated (recording {sup.recording_id})")
+            continue
+        seen_sup.add(sup.id)
+        if sup.recording_id not in rec_ids:
+            if sup.recording_id not in dropped_recs:  # already counted with its recording
+                log_.drop(split, sup.id, "missing_audio", f"recording {sup.recording_id!r} not found")
+            continue
+        text = normalize_transcript(sup.text, text_normalization)
+        if labeled and not text:
+            log_.drop(split, sup.id, "empty_transcript", seen[sup.recording_id])
+            continue
+        sup = replace(sup, text=text or None)
+        sups.append(sup)
+
+    if not sups:
+        return CutSet.from_cuts([])
+    cuts = CutSet.from_manifests(
+        RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups)
+    ).trim_to_supervisions(keep_overlapping=False)
+
+    out = []
+    for cut in cuts:
+        if cut.sampling_rate != sample_rate:
+            cut = cut.resample(sample_rate)
+            log_.resampled += 1
+        if cut.duration < min_duration:
+            log_.drop(split, cut.id, "too_short", f"{cut.duration:.2f}s < {min_duration}s")
+        elif cut.duration > max_duration:
+            log_.drop(split, cut.id, "too_long", f"{cut.duration:.2f}s > {max_duration}s")
+        else:
+            out.append(cut)
+    return CutSet.from_cuts(out)
+
+
+def filter_by_tokens(
+    split: str, cuts: CutSet, encode: Callable[[str], list[int]], unk_id: int,
+    frames_after_subsampling: Callable[[int], int], frame_shift: float, log_: FilterLog,
+) -> CutSet:
+    """Drop texts with characters the tokenizer cannot represent and utterances with fewer
+    encoder frames (after subsampling) than tokens."""
+    out = []
+    for cut in cuts:
+        text = cut.supervisions[0].text
+        ids = encode(text)
+        if unk_id in ids:
+            bad = sorted({ch for ch, i in _char_ids(text, encode) if i == unk_id})
+            log_.drop(split, cut.id, "unknown_characters", f"characters {bad} not in the train text")
+            continue
+        frames = frames_after_subsampling(int(round(cut.duration / frame_shift)))
+        if frames < len(ids):
+            log_.drop(split, cut.id, "too_short_for_labels",
+                      f"{frames} encoder frames < {len(ids)} tokens ({cut.duration:.2f}s)")
+            continue
+        out.append(cut)
+    return CutSet.from_cuts(out)
+
+
+def _char_ids(text: str, encode) -> Iterable[tuple[str, int]]:
+    for ch in set(text.replace(" ", "")):
+        ids = encode(ch)
+        yield ch, (ids[-1] if ids else -1)

@@ -1,0 +1,85 @@
+"""Kaldi fbank exactly as sherpa-onnx computes it at run time (NOTES.md §8).
+
+lhotse's own ``Fbank`` works on samples in [-1, 1]; sherpa-onnx (and Kaldi) scale samples to the
+int16 range first, which shifts every log-mel bin by ~20.8. Training on lhotse's features and
+deploying to sherpa-onnx would then silently mismatch, so edgeasr registers this extractor with
+lhotse and uses it everywhere (prepare, on-the-fly features, the transcribe CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from lhotse.features.base import FeatureExtractor, register_extractor
+
+
+@dataclass
+class KaldiFbankConfig:
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    low_freq: float = 20.0
+    high_freq: float = -400.0
+    window_type: str = "povey"
+    snip_edges: bool = False
+    dither: float = 0.0
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> "KaldiFbankConfig":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+
+@register_extractor
+class KaldiFbank(FeatureExtractor):
+    """``torchaudio.compliance.kaldi.fbank`` on int16-scaled samples; output ``(T, num_mel_bins)``."""
+
+    name = "edgeasr-kaldi-fbank"
+    config_type = KaldiFbankConfig
+
+    def extract(self, samples: np.ndarray | torch.Tensor, sampling_rate: int) -> np.ndarray:
+        import torchaudio.compliance.kaldi as kaldi
+
+        # One thread per worker: lhotse runs num_jobs processes; intra-op threads only contend (10x slower).
+        torch.set_num_threads(1)
+        x = torch.as_tensor(samples, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        c = self.config
+        feats = kaldi.fbank(
+            x[:1] * 32768.0,
+            sample_frequency=float(sampling_rate),
+            num_mel_bins=c.num_mel_bins,
+            frame_length=c.frame_length_ms,
+            frame_shift=c.frame_shift_ms,
+            low_freq=c.low_freq,
+            high_freq=c.high_freq,
+            window_type=c.window_type,
+            snip_edges=c.snip_edges,
+            dither=c.dither,
+            energy_floor=0.0,
+        )
+        return feats.numpy()
+
+    @property
+    def frame_shift(self) -> float:
+        return self.config.frame_shift_ms / 1000.0
+
+    def feature_dim(self, sampling_rate: int) -> int:
+        return self.config.num_mel_bins
+
+
+def frames_after_subsampling(num_frames: int | np.ndarray | torch.Tensor, factor: int = 4):
+    """Encoder frames left after ``factor``x subsampling by stacked 3x3 stride-2 convolutions.
+
+    Each conv without padding maps ``T -> (T - 3) // 2 + 1``; the encoders use the same formula,
+    so the prepare stage filters exactly the utterances the models could not align.
+    """
+    t = num_frames
+    f = factor
+    while f > 1:
+        t = (t - 3) // 2 + 1
+        f //= 2
+    return t

@@ -1,0 +1,116 @@
+"""Where speech comes from: the embedded synthetic corpus, LibriSpeech through lhotse's recipe,
+a folder of audio + transcripts (TSV), or existing lhotse manifests.
+
+Each ``prepare_<source>`` follows the lhotse recipe shape: it returns raw manifests per split,
+``{split: (RecordingSet, SupervisionSet | None)}``; ``edgeasr.data.cleaning`` validates them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Mapping
+
+from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+
+from .cleaning import FilterLog
+
+log = logging.getLogger(__name__)
+
+Raw = dict[str, tuple[RecordingSet, SupervisionSet | None]]
+
+
+def _require_dir(path, key: str) -> Path:
+    if path in (None, "", "???"):
+        raise ValueError(f"data.{key} is not set: pass it on the command line, e.g. `-S data.{key}=/path/to/corpus`")
+    p = Path(str(path)).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"data.{key}={p} is not a directory; point it at your corpus")
+    return p
+
+
+def prepare_librispeech(cfg: Mapping, output_dir: Path, num_jobs: int = 2) -> Raw:
+    """``data.parts`` maps our split names to LibriSpeech parts, e.g. ``train: [train-clean-100]``;
+    several parts per split are concatenated. Reads ``<part>/<spk>/<chapter>/*.flac`` + ``*.trans.txt``."""
+    from lhotse.recipes import prepare_librispeech as lhotse_prepare
+
+    corpus_dir = _require_dir(cfg.get("corpus_dir"), "corpus_dir")
+    parts = {split: list(p) for split, p in cfg["parts"].items() if p}
+    wanted = sorted({p for ps in parts.values() for p in ps})
+    missing = [p for p in wanted if not (corpus_dir / p).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"LibriSpeech parts {missing} not found under {corpus_dir}; download them or change data.parts"
+        )
+    try:
+        manifests = lhotse_prepare(corpus_dir, dataset_parts=wanted, output_dir=None, num_jobs=num_jobs)
+    except Exception as e:
+        raise RuntimeError(f"lhotse.recipes.prepare_librispeech failed on {corpus_dir}: {e}") from e
+    out: Raw = {}
+    for split, ps in parts.items():
+        recs = [r for p in ps for r in manifests[p]["recordings"]]
+        sups = [s for p in ps for s in manifests[p]["supervisions"]]
+        out[split] = (RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups))
+    return out
+
+
+def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
+    """Bring-your-own data: ``<corpus_dir>/<split>.tsv`` with lines ``audio_path<TAB>transcript``
+    (paths relative to the TSV; a header line ``audio<TAB>text`` is allowed). The recording id is
+    the file name without extension, Kaldi style, so two files with the same name are duplicates."""
+    corpus_dir = _require_dir(cfg.get("corpus_dir"), "corpus_dir")
+    out: Raw = {}
+    for split in cfg["splits"]:
+        tsv = corpus_dir / f"{split}.tsv"
+        if not tsv.is_file():
+            if split == "train":
+                raise FileNotFoundError(f"{tsv} not found: a folder corpus needs at least train.tsv")
+            log.info("no %s; split %s skipped", tsv, split)
+            continue
+        recs, sups = [], []
+        with open(tsv, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+                if not row or (lineno == 1 and row[0].strip().lower() in ("audio", "path")):
+                    continue
+                if len(row) < 2:
+                    row = row + [""]
+                audio = (tsv.parent / row[0].strip()).resolve()
+                rid = audio.stem
+                try:
+                    rec = Recording.from_file(audio, recording_id=rid)
+                except Exception as e:
+                    filter_log.drop(split, rid, "unreadable_audio", f"{audio} ({tsv.name}:{lineno}): {type(e).__name__}: {e}")
+                    continue
+                recs.append(rec)
+                sups.append(SupervisionSegment(id=rid, recording_id=rid, start=0.0, duration=rec.duration,
+                                               channel=0, text=row[1]))
+        out[split] = (RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups))
+    return out
+
+
+def prepare_manifests(cfg: Mapping) -> Raw:
+    """Existing lhotse manifests in ``data.manifest_dir``: ``cuts_<split>.jsonl.gz`` or
+    ``recordings_<split>.jsonl.gz`` + ``supervisions_<split>.jsonl.gz`` (a recipe prefix such as
+    ``librispeech_recordings_<split>`` is accepted too)."""
+    mdir = _require_dir(cfg.get("manifest_dir"), "manifest_dir")
+    out: Raw = {}
+    for split in cfg["splits"]:
+        cuts = sorted(mdir.glob(f"*cuts_{split}.jsonl*"))
+        recs = sorted(mdir.glob(f"*recordings_{split}.jsonl*"))
+        sups = sorted(mdir.glob(f"*supervisions_{split}.jsonl*"))
+        try:
+            if cuts:
+                r, s, _ = CutSet.from_file(cuts[0]).decompose()
+                out[split] = (r, s)
+            elif recs:
+                out[split] = (load_manifest(recs[0]), load_manifest(sups[0]) if sups else None)
+            elif split == "train":
+                raise FileNotFoundError(f"no cuts_train or recordings_train manifest in {mdir}")
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            bad = (cuts or recs or sups)[0]
+            raise ValueError(f"{bad} is not a readable lhotse manifest ({type(e).__name__}: {e}); "
+                             "regenerate it with lhotse") from e
+    return out

@@ -1,0 +1,336 @@
+"""Deterministic synthetic voice-assistant corpus: request texts -> eSpeak NG -> 16 kHz FLAC + lhotse.
+
+Determinism: every split has its own random stream derived from (seed, split name), and each
+utterance's text, voice and prosody are drawn from it in a fixed order. eSpeak carries synthesis state
+from one utterance to the next inside a process (see tts.py), so utterances are synthesised in fixed
+chunks of CHUNK_SIZE, each chunk in a freshly forked process: the audio then depends only on the
+chunk's contents, never on num_jobs or scheduling.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from . import tts
+from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory
+
+SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare")
+VOICE_POOL = {"train": "train", "unlabeled": "train", "dev": "dev",
+              "test": "test", "test_noisy": "test", "test_rare": "test"}
+SAMPLE_RATE = tts.SAMPLE_RATE
+CHUNK_SIZE = 48  # utterances per fresh process: ~100 s of audio, ~0.2 s of CPU
+_EXPECTED_UTT_S = 2.2  # prior for scheduling only; results never depend on it
+_PRELOAD = ["edgeasr.data.synthetic.corpus", "soundfile", "scipy.signal"]
+
+
+def derive_rng(seed: int, *names: str | int) -> np.random.Generator:
+    """Independent generator for a named purpose (e.g. ("split", "train")) under `seed`."""
+    key = tuple(zlib.crc32(str(n).encode()) for n in names)
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
+
+
+def fresh_process_context() -> mp.context.BaseContext:
+    """The multiprocessing context used for synthesis: forkserver children start from a clean state."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # only takes effect if the server is not running yet
+    return ctx
+
+
+def as_dict(cfg: Any) -> dict:
+    """A plain dict from a dict or an OmegaConf node."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return {k: (as_dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Voices
+
+
+def split_voices(cfg: Mapping, seed: int) -> dict[str, list[str]]:
+    """Disjoint voice pools {"train", "dev", "test"} from every working (accent, variant) pair."""
+    vcfg = as_dict(cfg).get("voices", {})
+    voices = sorted(tts.available_voices(vcfg.get("accents", ["en-us"])))
+    if not voices:
+        raise RuntimeError("no working eSpeak NG voice for the configured accents")
+    order = derive_rng(seed, "voices").permutation(len(voices))
+    voices = [voices[i] for i in order]
+    n = len(voices)
+
+    def count(frac: float) -> int:
+        return max(1, int(round(n * frac))) if frac > 0 else 0
+
+    n_dev, n_test = count(float(vcfg.get("dev_fraction", 0.08))), count(float(vcfg.get("test_fraction", 0.12)))
+    if n_dev + n_test >= n:
+        raise ValueError(f"dev/test fractions leave no training voice out of {n}")
+    return {"dev": voices[:n_dev], "test": voices[n_dev:n_dev + n_test],
+            "train": voices[n_dev + n_test:]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Utterance specifications
+
+
+@dataclass(frozen=True)
+class UtteranceSpec:
+    """Everything needed to render one utterance; drawn in the parent, rendered in a worker."""
+
+    id: str
+    text: str
+    spoken: str
+    family: str
+    voice: str
+    rate: int
+    pitch: int
+    lead_s: float
+    trail_s: float
+    peak_dbfs: float
+    tts_seed: int
+    entity: str | None = None
+    context: tuple[str, ...] | None = None
+
+
+def common_generator(cfg: Mapping, seed: int) -> RequestGenerator:
+    """The request generator over the common inventory shared by the main splits."""
+    cfg = as_dict(cfg)
+    inv: Inventory = build_inventory(cfg.get("inventory", {}), derive_rng(seed, "inventory"))
+    return RequestGenerator(inv, cfg.get("wake_word"), cfg.get("wake_word_prob", 0.0))
+
+
+def iter_split_specs(cfg: Mapping, seed: int, split: str,
+                     voices: Mapping[str, list[str]] | None = None,
+                     generator: RequestGenerator | None = None) -> Iterator[UtteranceSpec]:
+    """The endless, deterministic sequence of utterances of one split (a split is a prefix of it)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    cfg = as_dict(cfg)
+    voices = voices if voices is not None else split_voices(cfg, seed)
+    pool = voices[VOICE_POOL[split]]
+    common = generator if generator is not None else common_generator(cfg, seed)
+    vcfg = cfg.get("voices", {})
+    rate_lo, rate_hi = (int(v) for v in vcfg.get("rate", [130, 230]))
+    pitch_lo, pitch_hi = (int(v) for v in vcfg.get("pitch", [25, 80]))
+    rng = derive_rng(seed, "split", split)
+    gen: RequestGenerator | RareRequestGenerator = common
+    if split == "test_rare":
+        inv = cfg.get("inventory", {})
+        gen = RareRequestGenerator(common, int(inv.get("rare_contact_min_rank", 20000)),
+                                   int(cfg.get("context_size", 12)))
+    i = 0
+    while True:
+        req = gen.sample(rng)
+        yield UtteranceSpec(
+            id=f"{split}-{i:06d}",
+            text=req.text,
+            spoken=req.spoken,
+            family=req.family,
+            voice=pool[int(rng.integers(len(pool)))],
+            rate=int(rng.integers(rate_lo, rate_hi + 1)),
+            pitch=int(rng.integers(pitch_lo, pitch_hi + 1)),
+            lead_s=float(rng.uniform(0.1, 0.2)),
+            trail_s=float(rng.uniform(0.1, 0.2)),
+            peak_dbfs=float(rng.uniform(-18.0, -1.0)),
+            tts_seed=int(rng.integers(1, 2**31 - 1)),
+            entity=req.entity,
+            context=tuple(req.context) if req.context is not None else None,
+        )
+        i += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering (runs in worker processes)
+
+
+def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
+    """Synthesise one spec: trimmed, resampled to 16 kHz, peak-normalised; int16 samples."""
+    engine = engine or tts.ESpeak.get()
+    native = engine.synthesize_native(spec.spoken, spec.voice, spec.rate, spec.pitch, spec.tts_seed)
+    x = native.astype(np.float32) / 32768.0
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if peak <= 0.0:
+        raise RuntimeError(f"eSpeak produced silence for {spec.id}: {spec.spoken!r} ({spec.voice})")
+    voiced = np.flatnonzero(np.abs(x) > peak * 10 ** (-40 / 20))
+    sr = tts.NATIVE_SAMPLE_RATE
+    lead, trail = int(spec.lead_s * sr), int(spec.trail_s * sr)
+    start, end = max(0, voiced[0] - lead), min(len(x), voiced[-1] + 1 + trail)
+    # eSpeak's own margins can be shorter than the drawn ones: pad with silence.
+    x = np.concatenate([np.zeros(lead - (voiced[0] - start), np.float32), x[start:end],
+                        np.zeros(trail - (end - voiced[-1] - 1), np.float32)])
+    y = tts.resample_16k(x)
+    y *= 10 ** (spec.peak_dbfs / 20) / max(float(np.abs(y).max()), 1e-9)
+    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def _render_chunk(out_dir: str, specs: list[UtteranceSpec]) -> list[int]:
+    import soundfile as sf
+
+    engine = tts.ESpeak.get()
+    lengths = []
+    for spec in specs:
+        audio = render(spec, engine)
+        sf.write(Path(out_dir) / f"{spec.id}.flac", audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        lengths.append(len(audio))
+    return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling
+
+
+class _SplitJob:
+    """Chunks of one split, submitted ahead while their expected audio falls short of the target."""
+
+    def __init__(self, name: str, target_s: float, specs: Iterator[UtteranceSpec], out_dir: Path):
+        self.name, self.target_s, self.specs, self.out_dir = name, target_s, specs, out_dir
+        self.chunks: list[list[UtteranceSpec]] = []
+        self.lengths: dict[int, list[int]] = {}
+        self.kept: list[tuple[UtteranceSpec, int]] | None = None  # set once the target is reached
+        self.bar = None
+
+    def next_chunk(self) -> tuple[int, list[UtteranceSpec]]:
+        chunk = [next(self.specs) for _ in range(CHUNK_SIZE)]
+        self.chunks.append(chunk)
+        return len(self.chunks) - 1, chunk
+
+    def pending(self) -> int:
+        return len(self.chunks) - len(self.lengths)
+
+    def expected_s(self, per_utt_s: float) -> float:
+        return sum(sum(v) for v in self.lengths.values()) / SAMPLE_RATE + self.pending() * CHUNK_SIZE * per_utt_s
+
+    def finish_if_ready(self) -> bool:
+        """Cut the split at the first utterance where the cumulative duration reaches the target."""
+        total, kept = 0, []
+        for k in range(len(self.chunks)):
+            if k not in self.lengths:
+                return False
+            for spec, n in zip(self.chunks[k], self.lengths[k]):
+                kept.append((spec, n))
+                total += n
+                if total >= self.target_s * SAMPLE_RATE:
+                    self.kept = kept
+                    return True
+        return False
+
+    def contiguous_s(self) -> float:
+        total = 0
+        for k in range(len(self.chunks)):
+            if k not in self.lengths:
+                break
+            total += sum(self.lengths[k])
+        return total / SAMPLE_RATE
+
+
+def _run_jobs(jobs: list[_SplitJob], num_jobs: int, progress: bool) -> None:
+    ctx = fresh_process_context()
+    window = max(2, 2 * num_jobs)
+    per_utt_s = _EXPECTED_UTT_S
+    done_s, done_n = 0.0, 0
+    inflight: deque = deque()
+    with ctx.Pool(num_jobs, maxtasksperchild=1) as pool:
+        while True:
+            # Submit for the first unfinished split whose in-flight work will not cover its target.
+            while len(inflight) < window:
+                job = next((j for j in jobs if j.kept is None and j.expected_s(per_utt_s) < j.target_s),
+                           None)
+                if job is None:
+                    break
+                k, chunk = job.next_chunk()
+                inflight.append((job, k, pool.apply_async(_render_chunk, (str(job.out_dir), chunk))))
+            if not inflight:
+                if all(j.kept is not None for j in jobs):
+                    break
+                raise RuntimeError("synthesis scheduler stalled")  # pragma: no cover
+            job, k, res = inflight.popleft()
+            job.lengths[k] = res.get()
+            done_s += sum(job.lengths[k]) / SAMPLE_RATE
+            done_n += len(job.lengths[k])
+            per_utt_s = done_s / done_n
+            if progress and job.kept is None:
+                _update_bar(job)
+            if job.kept is None and job.finish_if_ready() and job.bar is not None:
+                job.bar.update(job.bar.total - job.bar.n)
+                job.bar.close()
+
+
+def _update_bar(job: _SplitJob) -> None:
+    from tqdm.auto import tqdm
+
+    if job.bar is None:
+        job.bar = tqdm(total=round(job.target_s), desc=f"synth {job.name}", unit="audio-s",
+                       dynamic_ncols=True, leave=True)
+    job.bar.update(min(round(job.contiguous_s()), job.bar.total) - job.bar.n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def synthesize_corpus(cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2, progress: bool = True):
+    """Synthesise the configured splits; returns {split: (RecordingSet, SupervisionSet)}.
+
+    `cfg` is the `data` node (conf/data/synthetic.yaml). Splits listed under cfg.splits with
+    hours > 0 are generated until their cumulative duration reaches hours * 3600 s; audio goes to
+    out_dir/<split>/<id>.flac (16 kHz mono, 16-bit). Supervisions cover each recording entirely:
+    normalised text, speaker = voice name, custom = {family, voice, rate, pitch} plus, in test_rare,
+    the named `entity` and the user's `context` list. test_noisy is returned clean. Output is
+    identical for the same cfg and seed whatever num_jobs is. Uses forkserver worker processes, so
+    a calling script needs the usual ``if __name__ == "__main__":`` guard.
+    """
+    from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    cfg = as_dict(cfg)
+    if int(cfg.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+        raise ValueError(f"only {SAMPLE_RATE} Hz is supported")
+    splits_cfg = cfg.get("splits", {}) or {}
+    unknown = set(splits_cfg) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; expected a subset of {SPLITS}")
+    wanted = [s for s in SPLITS if s in splits_cfg and float((splits_cfg[s] or {}).get("hours", 0)) > 0]
+    out_dir = Path(out_dir)
+    voices = split_voices(cfg, seed)
+    generator = common_generator(cfg, seed)
+    jobs = []
+    for split in wanted:
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        jobs.append(_SplitJob(split, float(splits_cfg[split]["hours"]) * 3600.0,
+                              iter_split_specs(cfg, seed, split, voices, generator), out_dir / split))
+    if jobs:
+        _run_jobs(jobs, max(1, int(num_jobs)), progress)
+
+    result = {}
+    for job in jobs:
+        assert job.kept is not None
+        keep = {spec.id for spec, _ in job.kept}
+        for path in job.out_dir.glob(f"{job.name}-*.flac"):  # surplus chunks and older runs
+            if path.stem not in keep:
+                path.unlink()
+        recordings, supervisions = [], []
+        for spec, n in job.kept:
+            dur = n / SAMPLE_RATE
+            path = job.out_dir / f"{spec.id}.flac"
+            recordings.append(Recording(id=spec.id, sources=[AudioSource(type="file", channels=[0], source=str(path))],
+                                        sampling_rate=SAMPLE_RATE, num_samples=n, duration=dur))
+            custom: dict[str, Any] = {"family": spec.family, "voice": spec.voice,
+                                      "rate": spec.rate, "pitch": spec.pitch}
+            if spec.context is not None:
+                custom["entity"] = spec.entity
+                custom["context"] = list(spec.context)
+            supervisions.append(SupervisionSegment(
+                id=spec.id, recording_id=spec.id, start=0.0, duration=dur, channel=0, text=spec.text,
+                language="English", speaker=spec.voice, custom=custom))
+        result[job.name] = (RecordingSet.from_recordings(recordings),
+                            SupervisionSet.from_segments(supervisions))
+    return result

@@ -1,0 +1,482 @@
+"""Transcript normalisation and the voice-assistant request generator.
+
+Slot values and phrasings are drawn Zipf-like (rank r has weight 1 / r**s): real assistant traffic
+is dominated by a few commands, names and places, and a skewed draw is what keeps the test split's
+out-of-vocabulary rate low even when the training split is small.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from num2words import num2words
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+
+
+_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
+_APOS_EDGE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
+def _spell_number(m: re.Match) -> str:
+    s = m.group(0)
+    return " " + num2words(float(s) if "." in s else int(s)) + " "
+
+
+def normalize_text(s: str) -> str:
+    """Lowercase a-z words, apostrophes inside words, single spaces; numbers spelled out.
+
+    >>> normalize_text("Set a timer for 25 minutes!")
+    'set a timer for twenty five minutes'
+    """
+    s = unicodedata.normalize("NFKD", s)
+    s = "".join(c for c in s if not unicodedata.combining(c))
+    s = s.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    s = s.replace("%", " percent ").replace("&", " and ").replace("+", " plus ")
+    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,200 -> 1200
+    s = _ORDINAL.sub(lambda m: " " + num2words(int(m.group(1)), to="ordinal") + " ", s)
+    s = _NUMBER.sub(_spell_number, s)
+    s = _NOT_ALLOWED.sub(" ", s)  # hyphens, commas and other punctuation become spaces
+    s = _APOS_EDGE.sub(" ", s)  # quotes, not contractions
+    return " ".join(s.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Word lists
+
+
+@lru_cache(maxsize=None)
+def load_list(name: str) -> tuple[str, ...]:
+    """Entries of resources/<name>.txt: one per line, '#' comments skipped, order kept, deduplicated."""
+    seen: dict[str, None] = {}
+    for line in (RESOURCES / f"{name}.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            seen.setdefault(normalize_text(line), None)
+    return tuple(seen)
+
+
+@lru_cache(maxsize=None)
+def census_names(kind: str) -> tuple[str, ...]:
+    """Census names from the PyPI `names` package, most frequent first (lowercase, letters only).
+
+    kind: "first" (male and female lists merged by frequency) or "last".
+    """
+    import names
+
+    root = Path(names.__file__).resolve().parent
+    files = ["dist.male.first", "dist.female.first"] if kind == "first" else ["dist.all.last"]
+    rows: list[tuple[float, int, str]] = []
+    for fname in files:
+        for line in (root / fname).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                rows.append((float(parts[1]), int(parts[3]), parts[0].lower()))
+    # Frequencies are per-sex percentages: a merged ranking by frequency is close enough.
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))
+    out: dict[str, None] = {}
+    for _, _, name in rows:
+        if name.isalpha() and name.isascii() and len(name) >= 2:
+            out.setdefault(name, None)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling helpers
+
+
+class Zipf:
+    """Draws items with weight 1 / rank**s (rank 1 = first item)."""
+
+    def __init__(self, items: Sequence, s: float = 1.0, weights: Sequence[float] | None = None):
+        if len(items) == 0:
+            raise ValueError("Zipf over an empty list")
+        self.items = list(items)
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+        else:
+            w = 1.0 / np.arange(1, len(self.items) + 1, dtype=np.float64) ** s
+        self.cdf = np.cumsum(w) / w.sum()
+
+    def __call__(self, rng: np.random.Generator):
+        i = int(np.searchsorted(self.cdf, rng.random(), side="right"))
+        return self.items[min(i, len(self.items) - 1)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DIMMABLE = ("lights", "light", "lamp", "lamps", "bulb", "strip", "chandelier", "sconce", "lantern")
+RELATIONS = ("mom", "dad", "home", "grandma", "my wife", "my husband", "grandpa", "my sister",
+             "my brother", "the office")
+
+# ---------------------------------------------------------------------------------------------
+# Inventory
+
+
+@dataclass
+class Inventory:
+    """Slot values shared by the main splits, each list in popularity order (index 0 = most common)."""
+
+    contacts: list[tuple[str, str]]
+    appliances: list[str]
+    songs: list[str]
+    artists: list[str]
+    cities: list[str]
+    shopping_items: list[str]
+    messages: list[str] = field(default_factory=lambda: list(load_list("messages")))
+    rooms: list[str] = field(default_factory=lambda: list(load_list("appliance_rooms")))
+
+    def words(self) -> set[str]:
+        """Every word any slot value can contribute."""
+        out: set[str] = set()
+        for seq in (self.appliances, self.songs, self.artists, self.cities, self.shopping_items,
+                    self.messages, self.rooms, RELATIONS, WEEKDAYS):
+            for entry in seq:
+                out.update(entry.split())
+        for first, last in self.contacts:
+            out.update((first, last))
+        return out
+
+
+def _take(name: str, n: int) -> list[str]:
+    items = load_list(name)
+    return list(items[: max(1, min(int(n), len(items)))])
+
+
+def build_inventory(inv: Mapping, rng: np.random.Generator) -> Inventory:
+    """The common slot inventory from the `inventory` config node.
+
+    Contacts pair a first and a last name, each drawn Zipf-like from the top census names, so the
+    most common names recur across contacts (as in real address books) and the word vocabulary
+    grows much more slowly than the number of contacts.
+    """
+    n_contacts = int(inv.get("contacts", 250))
+    pool = max(20, n_contacts // 2)
+    firsts = Zipf(census_names("first")[:pool], 0.9)
+    lasts = Zipf(census_names("last")[:pool], 0.9)
+    contacts: dict[tuple[str, str], None] = {}
+    for _ in range(n_contacts * 50):
+        if len(contacts) >= n_contacts:
+            break
+        contacts.setdefault((firsts(rng), lasts(rng)), None)
+
+    n_app = int(inv.get("appliances", 40))
+    rooms = Zipf(load_list("appliance_rooms"), 1.0)
+    devices = Zipf(load_list("appliance_devices"), 1.0)
+    appliances: dict[str, None] = {}
+    for _ in range(n_app * 50):
+        if len(appliances) >= n_app:
+            break
+        dev = devices(rng)
+        appliances.setdefault(dev if rng.random() < 0.2 else f"{rooms(rng)} {dev}", None)
+
+    return Inventory(
+        contacts=list(contacts),
+        appliances=list(appliances),
+        songs=_take("songs", inv.get("songs", 120)),
+        artists=_take("artists", inv.get("artists", 80)),
+        cities=_take("cities", inv.get("cities", 120)),
+        shopping_items=_take("shopping_items", inv.get("shopping_items", 80)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+@dataclass
+class Request:
+    """One generated utterance. `spoken` is what eSpeak reads (words plus prosody punctuation)."""
+
+    text: str
+    spoken: str
+    family: str
+    entity: str | None = None
+    context: list[str] | None = None
+
+
+_QUESTION_START = {"what", "what's", "how", "will", "is", "do", "who", "are", "when", "whats"}
+
+Slots = Mapping[str, Callable[[np.random.Generator], str]]
+
+
+def _fill(template: str, slots: Slots, rng: np.random.Generator) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: slots[m.group(1)](rng), template)
+
+
+# Phrasings per family, most common first (drawn Zipf-like).
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "generic": (
+        "stop", "what time is it", "volume up", "pause", "volume down", "next song", "turn it up",
+        "turn it down", "resume", "what's the date today", "cancel", "skip this song",
+        "set the volume to {vol}", "what day is it today", "louder", "mute", "tell me a joke",
+        "stop the music", "what's playing", "turn the volume up", "turn the volume down",
+        "good morning", "good night", "thank you", "play some music", "volume {vol}",
+        "what's the time", "unmute", "quieter", "go back", "repeat that", "read my messages",
+        "what's the news", "how are you", "what can you do", "turn everything off",
+        "play the next song", "shuffle my playlist", "what's the date", "never mind",
+    ),
+    "timer": (
+        "set a timer for {minutes}", "set a {n} minute timer", "set an alarm for {time}",
+        "timer for {minutes}", "wake me up at {time}", "cancel the timer",
+        "how much time is left", "set a timer for {seconds}", "stop the alarm",
+        "set an alarm for {time} tomorrow", "cancel my alarm", "remind me in {minutes}",
+        "set a timer for {hours}", "how much time is left on my timer", "{n} minute timer",
+        "set a {n} minute timer for the {food}", "snooze", "wake me up at {time} tomorrow",
+        "set an alarm for {time} on {weekday}", "what time is my alarm", "turn off my alarm",
+        "delete my {time} alarm", "add {minutes} to the timer", "set a timer for {n} and a half minutes",
+    ),
+    "weather": (
+        "what's the weather", "what's the weather {when}", "what's the weather in {city}",
+        "what's the weather like", "will it rain {when}", "what's the weather in {city} {when}",
+        "what's the temperature outside", "what's the weather like in {city}",
+        "is it going to rain {when}", "what's the temperature in {city}", "weather in {city}",
+        "do i need an umbrella {when}", "what's the forecast for {city}", "how hot will it be {when}",
+        "will it rain in {city} {when}", "how cold is it in {city}", "is it going to snow {when}",
+        "what's the weather going to be like {when}", "is it windy in {city}",
+        "what's the forecast {when}", "will it be sunny in {city} {when}",
+    ),
+    "music": (
+        "play {song}", "play {artist}", "play some {artist}", "play {song} by {artist}",
+        "play music by {artist}", "put on {song}", "play the song {song}", "play {artist} radio",
+        "i want to hear {song}", "shuffle songs by {artist}", "play {song} in the {room}",
+        "play the latest album by {artist}", "who sings {song}", "play {artist} in the {room}",
+        "add {song} to my playlist", "play something by {artist}",
+    ),
+    "call": (
+        "call {contact}", "call {first}", "call {relation}", "send a message to {contact}",
+        "text {first} {message}", "phone {contact}", "message {first} {message}",
+        "video call {first}", "dial {contact}", "send a text to {first} saying {message}",
+        "tell {relation} {message}", "call {first} on speaker", "tell {first} {message}",
+        "send a message to {first} saying {message}", "read my messages from {first}",
+        "drop in on {relation}", "text {contact} {message}", "hang up",
+    ),
+    "device": (
+        "turn on the {app}", "turn off the {app}", "turn off the lights", "turn the {app} off",
+        "turn the {app} on", "set the {light} to {pct} percent", "switch off the {app}",
+        "dim the {light}", "switch on the {app}", "dim the {light} to {pct} percent",
+        "turn on the lights", "set {light} brightness to {pct} percent", "is the {app} on",
+        "brighten the {light}", "turn off all the lights", "set the {light} brightness to {pct} percent",
+        "turn the {light} up to {pct} percent", "{app} off", "{app} on",
+    ),
+    "shopping": (
+        "add {item} to my shopping list", "add {item} to the shopping list", "what's on my shopping list",
+        "put {item} on my shopping list", "add {item}", "add {item} to my list",
+        "remove {item} from my shopping list", "add {item} and {item} to my shopping list",
+        "we need {item}", "take {item} off my shopping list", "read my shopping list",
+        "do i have {item} on my list", "put {item} on the list", "clear my shopping list",
+        "remove {item} from the list",
+    ),
+}
+FAMILY_WEIGHTS = {"generic": 0.14, "timer": 0.14, "weather": 0.13, "music": 0.15, "call": 0.15,
+                  "device": 0.16, "shopping": 0.13}
+RARE_TEMPLATES = {
+    "call": ("call {contact}", "send a message to {contact}", "phone {contact}", "video call {contact}",
+             "dial {contact}", "text {contact} {message}", "send a text to {contact} saying {message}",
+             "message {contact} {message}", "tell {contact} {message}"),
+    "device": ("turn on the {app}", "turn off the {app}", "turn the {app} off", "turn the {app} on",
+               "switch on the {app}", "switch off the {app}", "is the {app} on"),
+}
+RARE_DIMMABLE_TEMPLATES = ("set the {app} to {pct} percent", "dim the {app} to {pct} percent",
+                           "dim the {app}", "brighten the {app}")
+
+MINUTES = (5, 10, 1, 2, 3, 15, 20, 30, 25, 4, 45, 8, 12, 6, 7, 40, 90, 35, 50, 9, 18, 11)
+SECONDS = (30, 10, 20, 45, 15, 90, 40)
+PERCENTS = (50, 20, 30, 100, 10, 75, 40, 60, 25, 80, 70, 90, 15, 5, 35, 45, 65, 85, 95, 55)
+HOURS = (7, 6, 8, 5, 9, 10, 11, 12, 1, 2, 3, 4)
+MINUTE_WORDS = ("", "thirty", "o'clock", "fifteen", "forty five", "forty", "twenty", "ten",
+                "fifty", "oh five", "forty five", "twenty five", "thirty five", "fifty five")
+DAYPARTS = ("", "", "in the morning", "tonight", "in the evening", "in the afternoon")
+WHEN = ("today", "tomorrow", "tonight", "this weekend", "this afternoon", "on {weekday}",
+        "this evening", "tomorrow morning", "next week", "this morning")
+FOODS = ("pasta", "eggs", "rice", "pizza", "cookies", "potatoes", "chicken", "bread", "oven")
+
+
+class RequestGenerator:
+    """Draws voice-assistant requests over a common inventory (main splits) or rare entities.
+
+    Every draw consumes the caller's generator only, so a split's texts depend on its own stream.
+    """
+
+    def __init__(self, inventory: Inventory, wake_word: str | None = "alexa",
+                 wake_word_prob: float = 0.3):
+        self.inv = inventory
+        self.wake_word = normalize_text(wake_word) if wake_word else ""
+        self.wake_word_prob = float(wake_word_prob) if self.wake_word else 0.0
+        inv = inventory
+        contacts = Zipf(inv.contacts, 1.0)
+        firsts = Zipf(_unique(c[0] for c in inv.contacts), 1.0)
+        apps = Zipf(inv.appliances, 1.0)
+        lights = [a for a in inv.appliances if a.split()[-1] in DIMMABLE] or ["lights"]
+        lights_z = Zipf(lights, 1.0)
+        hours = Zipf(HOURS, 1.0)
+        minute_words = Zipf(MINUTE_WORDS, 1.0)
+        dayparts = Zipf(DAYPARTS, 1.0)
+        weekday = Zipf(WEEKDAYS, 0.3)
+        minutes = Zipf(MINUTES, 1.1)
+        seconds = Zipf(SECONDS, 1.0)
+        n_hours = Zipf((1, 2, 3), 1.5)
+
+        def time_of_day(rng):
+            h = num2words(hours(rng))
+            r = rng.random()
+            if r < 0.1:
+                return f"half past {h}"
+            if r < 0.15:
+                return f"quarter to {h}"
+            if r < 0.2:
+                return "noon" if rng.random() < 0.5 else "midnight"
+            mw = minute_words(rng)
+            part = dayparts(rng)
+            return " ".join(x for x in (h, mw, part) if x)
+
+        def when(rng):
+            return _fill(self._when(rng), {"weekday": weekday}, rng)
+
+        self._when = Zipf(WHEN, 1.0)
+        self.slots: dict[str, Callable[[np.random.Generator], str]] = {
+            "contact": lambda rng: " ".join(contacts(rng)),
+            "first": firsts,
+            "relation": Zipf(RELATIONS, 1.0),
+            "message": Zipf(inv.messages, 1.1),
+            "app": apps,
+            "light": lights_z,
+            "pct": Zipf([str(p) for p in PERCENTS], 1.0),
+            "song": Zipf(inv.songs, 1.0),
+            "artist": Zipf(inv.artists, 1.0),
+            "city": Zipf(inv.cities, 1.0),
+            "item": Zipf(inv.shopping_items, 1.0),
+            "room": Zipf(inv.rooms, 1.2),
+            "vol": Zipf(tuple(str(v) for v in (5, 3, 7, 4, 6, 2, 8, 10, 1, 9)), 1.0),
+            "n": lambda rng: str(minutes(rng)),
+            "minutes": lambda rng: _plural(minutes(rng), "minute"),
+            "seconds": lambda rng: _plural(seconds(rng), "second"),
+            "hours": lambda rng: _plural(n_hours(rng), "hour"),
+            "time": time_of_day,
+            "when": when,
+            "weekday": weekday,
+            "food": Zipf(FOODS, 1.0),
+        }
+        self.templates = {f: Zipf(t, 1.0) for f, t in TEMPLATES.items()}
+        self.families = Zipf(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))
+
+    def _finish(self, body: str, family: str, rng: np.random.Generator, **kw) -> Request:
+        words = normalize_text(body)
+        spoken = words + ("?" if words.split()[0] in _QUESTION_START else "")
+        text = words
+        if self.wake_word and rng.random() < self.wake_word_prob:
+            spoken = f"{self.wake_word}, {spoken}"
+            text = f"{self.wake_word} {words}"
+        return Request(text=text, spoken=spoken, family=family, **kw)
+
+    def sample(self, rng: np.random.Generator) -> Request:
+        """One request over the common inventory."""
+        family = self.families(rng)
+        body = _fill(self.templates[family](rng), self.slots, rng)
+        return self._finish(body, family, rng)
+
+    def vocabulary(self) -> set[str]:
+        """All words the common generator can produce (templates, slot values, numbers)."""
+        words = set(self.inv.words())
+        for temps in list(TEMPLATES.values()) + list(RARE_TEMPLATES.values()) + [RARE_DIMMABLE_TEMPLATES]:
+            for t in temps:
+                words.update(normalize_text(re.sub(r"\{\w+\}", " ", t)).split())
+        for seq in (WHEN, MINUTE_WORDS, DAYPARTS, FOODS, RELATIONS):
+            for t in seq:
+                words.update(normalize_text(re.sub(r"\{\w+\}", " ", t)).split())
+        for n in set(MINUTES + SECONDS + PERCENTS + HOURS) | set(range(1, 11)):
+            words.update(normalize_text(str(n)).split())
+        words.update(("minute", "minutes", "second", "seconds", "hour", "hours", "half", "past",
+                      "quarter", "to", "noon", "midnight", "percent", self.wake_word))
+        words.discard("")
+        return words
+
+
+def _unique(it) -> list:
+    return list(dict.fromkeys(it))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rare entities (test_rare)
+
+
+class RareRequestGenerator:
+    """Requests naming rare contacts or rare device nicknames, each with a per-user context list.
+
+    Rare contacts: uncommon census first names with surnames ranked above `min_rank`; rare device
+    nicknames: unusual adjectives/rooms with device types. Words the common generator can produce
+    are excluded, so the named entity always carries words unseen in training.
+    """
+
+    def __init__(self, common: RequestGenerator, min_rank: int = 20000, context_size: int = 12):
+        self.common = common
+        self.context_size = max(1, int(context_size))
+        vocab = common.vocabulary()
+        firsts = [n for n in census_names("first")[1000:] if n not in vocab]
+        lasts = [n for n in census_names("last")[int(min_rank):] if n not in vocab and len(n) >= 3]
+        self._firsts, self._lasts = firsts, lasts
+        adjs = [a for a in load_list("rare_adjectives") if not set(a.split()) <= vocab]
+        rooms = [r for r in load_list("rare_rooms") if not set(r.split()) <= vocab]
+        self._qualifiers = adjs + rooms
+        self._devices = list(load_list("rare_devices")) + list(load_list("appliance_devices"))
+        self._pct = common.slots["pct"]
+        self._message = common.slots["message"]
+
+    def _rare_contact(self, rng) -> str:
+        return f"{self._firsts[rng.integers(len(self._firsts))]} {self._lasts[rng.integers(len(self._lasts))]}"
+
+    def _rare_device(self, rng) -> str:
+        q = self._qualifiers[rng.integers(len(self._qualifiers))]
+        d = self._devices[rng.integers(len(self._devices))]
+        return f"{q} {d}"
+
+    def _common_contact(self, rng) -> str:
+        return self.common.slots["contact"](rng)
+
+    def sample(self, rng: np.random.Generator) -> Request:
+        """One request naming a rare entity, with a shuffled context list containing it."""
+        if rng.random() < 0.6:
+            family, entity = "call", self._rare_contact(rng)
+            template = RARE_TEMPLATES["call"][rng.integers(len(RARE_TEMPLATES["call"]))]
+        else:
+            family, entity = "device", self._rare_device(rng)
+            temps = RARE_TEMPLATES["device"]
+            if entity.split()[-1] in DIMMABLE:
+                temps = temps + RARE_DIMMABLE_TEMPLATES
+            template = temps[rng.integers(len(temps))]
+        slots = {"contact": lambda r: entity, "app": lambda r: entity, "pct": self._pct,
+                 "message": self._message}
+        body = _fill(template, slots, rng)
+        context = [entity]
+        n_devices = self.context_size // 3
+        for _ in range(self.context_size * 20):
+            if len(context) >= self.context_size:
+                break
+            want_device = (len(context) - 1) < n_devices
+            rare = rng.random() < 0.7
+            if want_device:
+                cand = self._rare_device(rng) if rare else self.common.slots["app"](rng)
+            else:
+                cand = self._rare_contact(rng) if rare else self._common_contact(rng)
+            if cand not in context:
+                context.append(cand)
+        order = rng.permutation(len(context))
+        context = [context[i] for i in order]
+        return self.common._finish(body, family, rng, entity=entity, context=context)

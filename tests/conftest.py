@@ -1,0 +1,62 @@
+"""Shared fixtures: compose the real config (shrunk by experiment=tiny) and run real stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def compose(overrides: list[str] | None = None):
+    """The real Hydra config from conf/, as a stage would receive it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        return hydra_compose("config", overrides=list(overrides or []))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A scratch repository root: stages write data/, reports/ and mlflow.db here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """The prepare stage run once on the tiny synthetic corpus; returns its repository root."""
+    from edgeasr.stages.prepare import run
+
+    root = tmp_path_factory.mktemp("tiny")
+    old = os.getcwd()
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("DVC_ROOT", raising=False)
+    os.chdir(root)
+    try:
+        cfg = compose(["experiment=tiny", "prepare.progress=false"])
+        metrics = run(cfg)
+    finally:
+        os.chdir(old)
+        mp.undo()
+    return root, cfg, metrics
+
+
+def copy_project(dst: Path) -> None:
+    """The files a clean clone has that the pipeline needs (src is installed editable, copied for DVC deps)."""
+    for name in ("conf", "pipelines", "src"):
+        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, dst / name)
+    (dst / ".dvc").mkdir(exist_ok=True)
+    shutil.copy(REPO / ".dvc" / "config", dst / ".dvc" / "config")

@@ -1,0 +1,37 @@
+"""params.yaml must be exactly what conf/ composes (what `dvc exp run` would write)."""
+
+from pathlib import Path
+
+import yaml
+
+from edgeasr import STAGES
+from edgeasr.config import compose_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_equals_composed_conf():
+    committed = (REPO / "params.yaml").read_text(encoding="utf-8")
+    assert committed == compose_params(root=REPO), "params.yaml is stale: run `edgeasr-params` and commit it"
+
+
+def test_tiny_experiment_is_a_diff_that_shrinks_data():
+    default = yaml.safe_load(compose_params(root=REPO))
+    tiny = yaml.safe_load(compose_params(["experiment=tiny"], root=REPO))
+    assert tiny["seed"] == default["seed"]
+    for split, spec in default["data"]["splits"].items():
+        assert tiny["data"]["splits"][split]["hours"] < spec["hours"]
+
+
+def test_each_dvc_stage_has_one_name_everywhere():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert "--config-name params" in dvc["vars"][0]["hydra_args"]
+    assert list(dvc["stages"]) == [s for s in STAGES if s in dvc["stages"]], "stages out of pipeline order"
+    for stage, spec in dvc["stages"].items():
+        assert stage in STAGES
+        assert (REPO / "pipelines" / f"{stage}.py").is_file()
+        assert spec["cmd"] == f"python pipelines/{stage}.py ${{hydra_args}}"
+        assert stage in params, f"no config section {stage!r}"
+        assert stage in spec["params"]
+        assert list(spec["metrics"][0]) == [f"reports/{stage}.json"]

@@ -1,0 +1,54 @@
+"""The real DVC pipeline on the tiny experiment: `dvc exp run`, caching, reruns, MLflow runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_project
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
+    copy_project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    _sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", tmp_path, env)
+
+    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false", tmp_path, env)
+    assert "Running stage 'prepare'" in out
+    report = json.loads((tmp_path / "reports/prepare.json").read_text())
+    assert report["hours/train"] > 0 and report["oov_rate_percent/test"] <= 2.0
+
+    out = _sh("dvc repro", tmp_path, env)
+    assert "Running stage" not in out and "didn't change" in out  # every stage skipped
+
+    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S data.splits.dev.hours=0.012", tmp_path, env)
+    assert "Running stage 'prepare'" in out
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("edgeasr")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parents = {r.info.run_id: r for r in runs if not r.data.tags.get("mlflow.parentRunId")}
+    assert len(children) == 2 and {r.info.run_name for r in children} == {"prepare"}
+    assert len({c.data.tags["mlflow.parentRunId"] for c in children}) == 2  # one parent per invocation
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] in parents
+        assert child.data.metrics["hours/train"] > 0
+        assert "oov_rate_percent/test" in child.data.metrics
+        assert "filtered/total" in child.data.metrics
+        assert child.data.params["data.splits.train.hours"] == "0.05"

@@ -1,0 +1,102 @@
+"""The prepare stage on the tiny synthetic corpus: splits, voices, unlabeled isolation, features,
+tokenizer, DataModule batches, determinism."""
+
+import gzip
+import json
+
+import pytest
+from lhotse import CutSet, load_manifest
+
+from edgeasr.data import ALL_SPLITS
+from edgeasr.data.datamodule import AsrDataModule
+
+pytestmark = pytest.mark.slow
+
+
+def _cuts(root, split):
+    return CutSet.from_file(root / f"data/prepare/manifests/cuts_{split}.jsonl.gz")
+
+
+def test_report_has_corpus_statistics(tiny_prepared):
+    root, _, metrics = tiny_prepared
+    report = json.loads((root / "reports/prepare.json").read_text())
+    assert report == pytest.approx(metrics)
+    for split in ALL_SPLITS + ("train_aug",):
+        assert report[f"hours/{split}"] > 0 and report[f"utterances/{split}"] > 0
+    assert report["vocab_words"] > 20 and report["tokenizer_vocab_size"] > 30
+    assert report["oov_rate_percent/test"] <= 2.0
+    assert "filtered/total" in report
+
+
+def test_no_test_voice_in_train(tiny_prepared):
+    root = tiny_prepared[0]
+    voices = {s: {c.supervisions[0].speaker for c in _cuts(root, s)} for s in ALL_SPLITS}
+    held_out = voices["test"] | voices["test_noisy"] | voices["test_rare"]
+    assert voices["train"] and held_out
+    assert not held_out & (voices["train"] | voices["unlabeled"])
+    assert not voices["dev"] & voices["train"]
+
+
+def test_unlabeled_transcripts_unreachable_from_training_manifests(tiny_prepared):
+    root = tiny_prepared[0]
+    scoring = load_manifest(root / "data/prepare/scoring/supervisions_unlabeled.jsonl.gz")
+    texts = [s.text for s in scoring]
+    assert texts and all(texts)
+    for path in (root / "data/prepare/manifests").glob("*unlabeled*"):
+        raw = gzip.open(path, "rt").read()
+        assert '"text"' not in raw or all(f'"text": "{t}"' not in raw for t in texts)
+    for cut in _cuts(root, "unlabeled"):
+        assert all(s.text is None for s in cut.supervisions)
+    batch = next(iter(AsrDataModule(root / "data/prepare/manifests", root / "data/prepare/tokenizer/bpe.model",
+                                    max_duration=20).split_dataloader("unlabeled")))
+    assert batch["texts"] == [None] * len(batch["texts"]) and all(t == [] for t in batch["tokens"])
+
+
+def test_test_rare_carries_context_lists(tiny_prepared):
+    root = tiny_prepared[0]
+    for cut in _cuts(root, "test_rare"):
+        ctx = cut.supervisions[0].custom["context"]
+        assert len(ctx) >= 2 and any(name in cut.supervisions[0].text for name in ctx)
+
+
+def test_datamodule_batches(tiny_prepared):
+    root, cfg, _ = tiny_prepared
+    dm = AsrDataModule(root / "data/prepare/manifests", root / "data/prepare/tokenizer/bpe.model", max_duration=15)
+    batch = next(iter(dm.train_dataloader()))
+    n, t, f = batch["features"].shape
+    assert f == 80 and n == len(batch["tokens"]) == batch["feature_lens"].numel()
+    assert batch["feature_lens"].max() == t
+    assert all(tokens and 0 not in tokens for tokens in batch["tokens"])  # blank never a label
+    assert dm.tokenizer.decode(batch["tokens"][0]) == batch["texts"][0]
+    ids = {c for b in dm.val_dataloader() for c in b["cut_ids"]}
+    assert ids == {c.id for c in _cuts(root, "dev")}
+
+
+def test_features_match_kaldi_fbank_on_the_audio(tiny_prepared):
+    import numpy as np
+    import torch
+    import torchaudio.compliance.kaldi as kaldi
+
+    root = tiny_prepared[0]
+    cut = _cuts(root, "test")[0]
+    audio = torch.from_numpy(cut.load_audio())
+    ref = kaldi.fbank(audio * 32768, num_mel_bins=80, snip_edges=False, low_freq=20, high_freq=-400, dither=0.0,
+                      energy_floor=0.0).numpy()
+    feats = cut.load_features()
+    n = min(len(ref), len(feats))
+    assert abs(len(ref) - len(feats)) <= 1
+    assert np.abs(feats[:n] - ref[:n]).max() < 0.1  # lilcom compression error only
+
+
+def test_same_seed_same_corpus(tiny_prepared, tmp_path, monkeypatch):
+    from conftest import compose
+    from edgeasr.stages.prepare import run
+
+    root, _, metrics = tiny_prepared
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    again = run(compose(["experiment=tiny", "prepare.progress=false"]))
+    assert again == metrics
+    a = [(c.id, c.supervisions[0].text, round(c.duration, 4)) for c in _cuts(root, "train")]
+    b = [(c.id, c.supervisions[0].text, round(c.duration, 4)) for c in _cuts(tmp_path, "train")]
+    assert a == b
