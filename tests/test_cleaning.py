@@ -6,7 +6,7 @@ import soundfile as sf
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
 from edgeasr.data.cleaning import REASONS, FilterLog, clean_split, filter_by_tokens, normalize_transcript
-from edgeasr.data.features import frames_after_subsampling
+from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
 
 

@@ -17,6 +17,12 @@ def _cuts(root, split):
     return CutSet.from_file(root / f"data/prepare/manifests/cuts_{split}.jsonl.gz")
 
 
+@pytest.fixture(autouse=True)
+def _in_repo_root(tiny_prepared, monkeypatch):
+    # Manifests hold paths relative to the repository root (DVC moves workspaces around).
+    monkeypatch.chdir(tiny_prepared[0])
+
+
 def test_report_has_corpus_statistics(tiny_prepared):
     root, _, metrics = tiny_prepared
     report = json.loads((root / "reports/prepare.json").read_text())
@@ -24,7 +30,7 @@ def test_report_has_corpus_statistics(tiny_prepared):
     for split in ALL_SPLITS + ("train_aug",):
         assert report[f"hours/{split}"] > 0 and report[f"utterances/{split}"] > 0
     assert report["vocab_words"] > 20 and report["tokenizer_vocab_size"] > 30
-    assert report["oov_rate_percent/test"] <= 2.0
+    assert 0 <= report["oov_rate_percent/test"] < 50  # the default (not tiny) is <= 2 %: see test_synthetic
     assert "filtered/total" in report
 
 

@@ -241,7 +241,7 @@ def test_params_subset_and_experiment_from_cfg(repo):
     assert client.get_experiment(child.info.experiment_id).name == "custom"
 
 
-def test_same_process_stages_share_parent_failure_marks_failed(repo):
+def test_same_process_stages_share_parent_and_statuses(repo):
     with stage_run("prepare", {}) as first:
         first.log_report({"n": 1})
     with pytest.raises(RuntimeError, match="boom"):
@@ -254,6 +254,13 @@ def test_same_process_stages_share_parent_failure_marks_failed(repo):
     parent = client.get_run(first.parent_run_id)
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["prepare/n"] == 1.0
+
+    with pytest.raises(SystemExit):
+        with stage_run("export", {}) as third:
+            sys.exit(0)  # a clean exit is a success
+    assert third.parent_run_id == first.parent_run_id
+    assert client.get_run(third.run_id).info.status == "FINISHED"
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"  # re-finished
 
 
 def test_explicit_parent_env(repo, monkeypatch):
@@ -453,11 +460,13 @@ def test_real_dvc_queued_experiment(tmp_path, monkeypatch):
             """
         )
     )
-    env = _clean_env(DVC_SITE_CACHE_DIR=str(tmp_path / ".dvc-site"))
+    # the queue worker starts `dvc` from PATH
+    env = _clean_env(DVC_SITE_CACHE_DIR=str(tmp_path / ".dvc-site"),
+                     PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
     def sh(*cmd):
         res = subprocess.run(list(cmd), cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=240)
+                             timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         return res.stdout
 
@@ -469,8 +478,12 @@ def test_real_dvc_queued_experiment(tmp_path, monkeypatch):
     sh(py, "-m", "dvc", "exp", "run", "--queue", "-S", "alpha=2", "-n", "queued-exp")
     sh(py, "-m", "dvc", "exp", "run", "--run-all")
     shown = json.loads(sh(py, "-m", "dvc", "exp", "show", "--json"))
-    assert "queued-exp" in json.dumps(shown)
-    assert '"score": 5.5' in json.dumps(shown)  # DVC found the report in the temp workspace
+    exp_rows = [rev for row in shown for e in (row.get("experiments") or [])
+                for rev in e["revs"] if rev["name"] == "queued-exp"]
+    assert len(exp_rows) == 1, shown
+    metrics = exp_rows[0]["data"]["metrics"]
+    # DVC committed the report written in the temp workspace with the experiment
+    assert metrics["reports/alpha.json"]["data"] == {"score": 5.5}
     assert not (tmp_path / "reports").exists()  # ... and it did not leak into the main one
 
     client = _client()  # the original repo's store

@@ -416,6 +416,7 @@ class StageRun:
         uri: str,
         experiment_id: str,
         invocation_key: str | None,
+        root: Path | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -424,11 +425,12 @@ class StageRun:
         self.tracking_uri = uri
         self.experiment_id = experiment_id
         self.invocation = invocation_key
+        self.root = root if root is not None else repo_root()  # fixed: stage code may chdir
         self._report: dict[str, int | float] = {}
 
     @property
     def report_path(self) -> Path:
-        return repo_root() / "reports" / f"{self.stage}.json"
+        return self.root / "reports" / f"{self.stage}.json"
 
     def log_report(self, metrics: Mapping[str, float]) -> Path:
         """Write ``reports/<stage>.json`` and log the same keys/values as child-run metrics.
@@ -552,9 +554,8 @@ def _active_fluent_run(uri: str) -> Any:
     return run
 
 
-def _rollup(client: MlflowClient, parent_run_id: str) -> None:
+def _rollup(client: MlflowClient, parent_run_id: str, root: Path) -> None:
     """Reports -> ``<stage>/<key>`` parent metrics; params.yaml, dvc.lock -> parent artifacts."""
-    root = repo_root()
     metrics: dict[str, float] = {}
     for report in sorted((root / "reports").glob("*.json")):
         try:
@@ -695,6 +696,7 @@ def stage_run(
         uri=uri,
         experiment_id=experiment_id,
         invocation_key=inv_key,
+        root=root,
     )
 
     status = "FINISHED"
@@ -712,6 +714,9 @@ def stage_run(
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except SystemExit as exc:  # sys.exit(0) inside a stage is a success
+            status = "FINISHED" if exc.code in (None, 0) else "FAILED"
+            raise
         except BaseException:
             status = "FAILED"
             raise
@@ -725,7 +730,7 @@ def stage_run(
             except Exception as err:
                 log.warning("could not terminate stage run %s: %s", run.run_id, err)
             try:
-                _rollup(client, parent_run_id)
+                _rollup(client, parent_run_id, root)
                 if owns_parent:
                     client.set_terminated(parent_run_id, status)
             except Exception as err:

@@ -1,8 +1,8 @@
-"""Data: corpora (synthetic, LibriSpeech, folder, manifests), cleaning, features, tokenizer, DataModule."""
+"""Data: corpora (synthetic, LibriSpeech, folder, manifests), cleaning, features, tokenizer, DataModule.
 
-from .features import KaldiFbank, KaldiFbankConfig, frames_after_subsampling  # noqa: F401  (registers the extractor)
-from .tokenizer import BLANK_ID, Tokenizer  # noqa: F401
+Kept import-free: synthesis workers import this package and must not pay for torch/lhotse.
+"""
 
-#: Splits used for training (labeled) and for evaluation; ``unlabeled`` is audio only.
+#: Splits used for evaluation; ``train`` is labeled, ``unlabeled`` is audio only.
 EVAL_SPLITS = ("dev", "test", "test_noisy", "test_rare")
 ALL_SPLITS = ("train", "unlabeled") + EVAL_SPLITS

@@ -69,17 +69,3 @@ class KaldiFbank(FeatureExtractor):
 
     def feature_dim(self, sampling_rate: int) -> int:
         return self.config.num_mel_bins
-
-
-def frames_after_subsampling(num_frames: int | np.ndarray | torch.Tensor, factor: int = 4):
-    """Encoder frames left after ``factor``x subsampling by stacked 3x3 stride-2 convolutions.
-
-    Each conv without padding maps ``T -> (T - 3) // 2 + 1``; the encoders use the same formula,
-    so the prepare stage filters exactly the utterances the models could not align.
-    """
-    t = num_frames
-    f = factor
-    while f > 1:
-        t = (t - 3) // 2 + 1
-        f //= 2
-    return t

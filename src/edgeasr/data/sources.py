@@ -61,14 +61,14 @@ def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
     the file name without extension, Kaldi style, so two files with the same name are duplicates."""
     corpus_dir = _require_dir(cfg.get("corpus_dir"), "corpus_dir")
     out: Raw = {}
-    for split in cfg["splits"]:
+    for split in cfg["split_names"]:
         tsv = corpus_dir / f"{split}.tsv"
         if not tsv.is_file():
             if split == "train":
                 raise FileNotFoundError(f"{tsv} not found: a folder corpus needs at least train.tsv")
             log.info("no %s; split %s skipped", tsv, split)
             continue
-        recs, sups = [], []
+        recs, sups, seen = [], [], {}
         with open(tsv, encoding="utf-8", newline="") as f:
             for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
                 if not row or (lineno == 1 and row[0].strip().lower() in ("audio", "path")):
@@ -77,6 +77,10 @@ def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
                     row = row + [""]
                 audio = (tsv.parent / row[0].strip()).resolve()
                 rid = audio.stem
+                if rid in seen:
+                    filter_log.drop(split, rid, "duplicate_id", f"{audio} ({tsv.name}:{lineno}) repeats {seen[rid]}")
+                    continue
+                seen[rid] = audio
                 try:
                     rec = Recording.from_file(audio, recording_id=rid)
                 except Exception as e:
@@ -95,7 +99,7 @@ def prepare_manifests(cfg: Mapping) -> Raw:
     ``librispeech_recordings_<split>`` is accepted too)."""
     mdir = _require_dir(cfg.get("manifest_dir"), "manifest_dir")
     out: Raw = {}
-    for split in cfg["splits"]:
+    for split in cfg["split_names"]:
         cuts = sorted(mdir.glob(f"*cuts_{split}.jsonl*"))
         recs = sorted(mdir.glob(f"*recordings_{split}.jsonl*"))
         sups = sorted(mdir.glob(f"*supervisions_{split}.jsonl*"))

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgeasr.data import ALL_SPLITS, EVAL_SPLITS
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
-from edgeasr.data.features import KaldiFbank, KaldiFbankConfig, frames_after_subsampling
+from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
+from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if out.exists():
         shutil.rmtree(out)  # idempotent: a rerun never mixes old and new files
     (out / "manifests").mkdir(parents=True)
+    (out / "feats").mkdir()
     params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "data", "prepare"]), resolve=True)
     timings: dict[str, float] = {}
     flog = FilterLog()

@@ -1,4 +1,4 @@
-"""Synthetic voice-assistant corpus spoken by eSpeak NG, plus RIR and noise pools for augmentation."""
+"""Synthetic voice-assistant corpus spoken by eSpeak NG, plus RIR and noise pools."""
 
 from .corpus import iter_split_specs, split_voices, synthesize_corpus
 from .noise import make_noise_pool, make_rir_pool

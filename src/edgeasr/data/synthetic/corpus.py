@@ -1,15 +1,22 @@
-"""Deterministic synthetic voice-assistant corpus: request texts -> eSpeak NG -> 16 kHz FLAC + lhotse.
+"""Deterministic synthetic voice-assistant corpus: texts -> eSpeak NG -> 16 kHz FLAC + lhotse.
 
 Determinism: every split has its own random stream derived from (seed, split name), and each
-utterance's text, voice and prosody are drawn from it in a fixed order. eSpeak carries synthesis state
-from one utterance to the next inside a process (see tts.py), so utterances are synthesised in fixed
-chunks of CHUNK_SIZE, each chunk in a freshly forked process: the audio then depends only on the
-chunk's contents, never on num_jobs or scheduling.
+utterance's text, voice and prosody are drawn from it in a fixed order. eSpeak carries synthesis
+state from one utterance to the next inside a process (see tts.py), so utterances are synthesised
+in fixed chunks of CHUNK_SIZE, each chunk in a child forked from a pool worker that never
+synthesises itself: the audio then depends only on the chunk's contents, never on num_jobs or
+scheduling. (A Pool with maxtasksperchild=1 would also give fresh processes, but every
+spawn/forkserver child re-imports the caller's __main__ module; forking from long-lived spawn
+workers costs milliseconds per chunk.)
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
+import os
+import pickle
+import traceback
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -22,12 +29,17 @@ from . import tts
 from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory
 
 SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare")
-VOICE_POOL = {"train": "train", "unlabeled": "train", "dev": "dev",
-              "test": "test", "test_noisy": "test", "test_rare": "test"}
+VOICE_POOL = {
+    "train": "train",
+    "unlabeled": "train",
+    "dev": "dev",
+    "test": "test",
+    "test_noisy": "test",
+    "test_rare": "test",
+}
 SAMPLE_RATE = tts.SAMPLE_RATE
-CHUNK_SIZE = 48  # utterances per fresh process: ~100 s of audio, ~0.2 s of CPU
+CHUNK_SIZE = 64  # utterances per forked child: ~110 s of audio, ~0.25 s of CPU
 _EXPECTED_UTT_S = 2.2  # prior for scheduling only; results never depend on it
-_PRELOAD = ["edgeasr.data.synthetic.corpus", "soundfile", "scipy.signal"]
 
 
 def derive_rng(seed: int, *names: str | int) -> np.random.Generator:
@@ -36,11 +48,60 @@ def derive_rng(seed: int, *names: str | int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
 
 
-def fresh_process_context() -> mp.context.BaseContext:
-    """The multiprocessing context used for synthesis: forkserver children start from a clean state."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)  # only takes effect if the server is not running yet
-    return ctx
+_POOLS: dict[int, Any] = {}
+
+
+def worker_pool(num_jobs: int):
+    """A shared spawn-context pool of `num_jobs` workers (use with :func:`run_fresh`).
+
+    Workers never synthesise themselves, so they stay free of eSpeak state and are kept for reuse:
+    starting one costs seconds (it imports numpy, scipy.signal and the edgeasr package). They are
+    terminated at exit or by :func:`shutdown_workers`.
+    """
+    n = max(1, int(num_jobs))
+    if n not in _POOLS:
+        _POOLS[n] = mp.get_context("spawn").Pool(n)
+    return _POOLS[n]
+
+
+@atexit.register
+def shutdown_workers() -> None:
+    """Terminate the shared synthesis worker pools."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.terminate()
+        pool.join()
+
+
+def run_fresh(func, *args):
+    """Run func(*args) in a child forked from this process and return its (picklable) result.
+
+    Meant for pool workers, which never synthesise themselves: the child's eSpeak starts pristine.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                payload = pickle.dumps((True, func(*args)))
+            except BaseException:
+                payload, code = pickle.dumps((False, traceback.format_exc())), 1
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        payload = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not payload:
+        raise RuntimeError(f"synthesis child died (wait status {status})")
+    ok, result = pickle.loads(payload)
+    if not ok:
+        raise RuntimeError(f"synthesis child failed:\n{result}")
+    return result
 
 
 def as_dict(cfg: Any) -> dict:
@@ -72,11 +133,15 @@ def split_voices(cfg: Mapping, seed: int) -> dict[str, list[str]]:
     def count(frac: float) -> int:
         return max(1, int(round(n * frac))) if frac > 0 else 0
 
-    n_dev, n_test = count(float(vcfg.get("dev_fraction", 0.08))), count(float(vcfg.get("test_fraction", 0.12)))
+    n_dev = count(float(vcfg.get("dev_fraction", 0.08)))
+    n_test = count(float(vcfg.get("test_fraction", 0.12)))
     if n_dev + n_test >= n:
         raise ValueError(f"dev/test fractions leave no training voice out of {n}")
-    return {"dev": voices[:n_dev], "test": voices[n_dev:n_dev + n_test],
-            "train": voices[n_dev + n_test:]}
+    return {
+        "dev": voices[:n_dev],
+        "test": voices[n_dev : n_dev + n_test],
+        "train": voices[n_dev + n_test :],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +162,7 @@ class UtteranceSpec:
     lead_s: float
     trail_s: float
     peak_dbfs: float
+    floor_dbfs: float
     tts_seed: int
     entity: str | None = None
     context: tuple[str, ...] | None = None
@@ -109,10 +175,14 @@ def common_generator(cfg: Mapping, seed: int) -> RequestGenerator:
     return RequestGenerator(inv, cfg.get("wake_word"), cfg.get("wake_word_prob", 0.0))
 
 
-def iter_split_specs(cfg: Mapping, seed: int, split: str,
-                     voices: Mapping[str, list[str]] | None = None,
-                     generator: RequestGenerator | None = None) -> Iterator[UtteranceSpec]:
-    """The endless, deterministic sequence of utterances of one split (a split is a prefix of it)."""
+def iter_split_specs(
+    cfg: Mapping,
+    seed: int,
+    split: str,
+    voices: Mapping[str, list[str]] | None = None,
+    generator: RequestGenerator | None = None,
+) -> Iterator[UtteranceSpec]:
+    """The endless, deterministic utterance sequence of one split (a split is a prefix of it)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     cfg = as_dict(cfg)
@@ -126,8 +196,9 @@ def iter_split_specs(cfg: Mapping, seed: int, split: str,
     gen: RequestGenerator | RareRequestGenerator = common
     if split == "test_rare":
         inv = cfg.get("inventory", {})
-        gen = RareRequestGenerator(common, int(inv.get("rare_contact_min_rank", 20000)),
-                                   int(cfg.get("context_size", 12)))
+        gen = RareRequestGenerator(
+            common, int(inv.get("rare_contact_min_rank", 20000)), int(cfg.get("context_size", 12))
+        )
     i = 0
     while True:
         req = gen.sample(rng)
@@ -142,6 +213,7 @@ def iter_split_specs(cfg: Mapping, seed: int, split: str,
             lead_s=float(rng.uniform(0.1, 0.2)),
             trail_s=float(rng.uniform(0.1, 0.2)),
             peak_dbfs=float(rng.uniform(-18.0, -1.0)),
+            floor_dbfs=float(rng.uniform(-84.0, -72.0)),
             tts_seed=int(rng.integers(1, 2**31 - 1)),
             entity=req.entity,
             context=tuple(req.context) if req.context is not None else None,
@@ -154,7 +226,8 @@ def iter_split_specs(cfg: Mapping, seed: int, split: str,
 
 
 def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
-    """Synthesise one spec: trimmed, resampled to 16 kHz, peak-normalised; int16 samples."""
+    """Synthesise one spec: trimmed, resampled to 16 kHz, peak-normalised, faint noise floor added
+    (eSpeak's pauses are exact zeros, which real microphones never deliver); int16 samples."""
     engine = engine or tts.ESpeak.get()
     native = engine.synthesize_native(spec.spoken, spec.voice, spec.rate, spec.pitch, spec.tts_seed)
     x = native.astype(np.float32) / 32768.0
@@ -166,10 +239,17 @@ def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
     lead, trail = int(spec.lead_s * sr), int(spec.trail_s * sr)
     start, end = max(0, voiced[0] - lead), min(len(x), voiced[-1] + 1 + trail)
     # eSpeak's own margins can be shorter than the drawn ones: pad with silence.
-    x = np.concatenate([np.zeros(lead - (voiced[0] - start), np.float32), x[start:end],
-                        np.zeros(trail - (end - voiced[-1] - 1), np.float32)])
+    x = np.concatenate(
+        [
+            np.zeros(lead - (voiced[0] - start), np.float32),
+            x[start:end],
+            np.zeros(trail - (end - voiced[-1] - 1), np.float32),
+        ]
+    )
     y = tts.resample_16k(x)
     y *= 10 ** (spec.peak_dbfs / 20) / max(float(np.abs(y).max()), 1e-9)
+    floor = np.random.default_rng(spec.tts_seed).standard_normal(len(y)).astype(np.float32)
+    y += 10 ** (spec.floor_dbfs / 20) * floor
     return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
 
 
@@ -180,7 +260,8 @@ def _render_chunk(out_dir: str, specs: list[UtteranceSpec]) -> list[int]:
     lengths = []
     for spec in specs:
         audio = render(spec, engine)
-        sf.write(Path(out_dir) / f"{spec.id}.flac", audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        path = Path(out_dir) / f"{spec.id}.flac"
+        sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         lengths.append(len(audio))
     return lengths
 
@@ -208,7 +289,8 @@ class _SplitJob:
         return len(self.chunks) - len(self.lengths)
 
     def expected_s(self, per_utt_s: float) -> float:
-        return sum(sum(v) for v in self.lengths.values()) / SAMPLE_RATE + self.pending() * CHUNK_SIZE * per_utt_s
+        done = sum(sum(v) for v in self.lengths.values()) / SAMPLE_RATE
+        return done + self.pending() * CHUNK_SIZE * per_utt_s
 
     def finish_if_ready(self) -> bool:
         """Cut the split at the first utterance where the cumulative duration reaches the target."""
@@ -234,43 +316,51 @@ class _SplitJob:
 
 
 def _run_jobs(jobs: list[_SplitJob], num_jobs: int, progress: bool) -> None:
-    ctx = fresh_process_context()
     window = max(2, 2 * num_jobs)
     per_utt_s = _EXPECTED_UTT_S
     done_s, done_n = 0.0, 0
     inflight: deque = deque()
-    with ctx.Pool(num_jobs, maxtasksperchild=1) as pool:
-        while True:
-            # Submit for the first unfinished split whose in-flight work will not cover its target.
-            while len(inflight) < window:
-                job = next((j for j in jobs if j.kept is None and j.expected_s(per_utt_s) < j.target_s),
-                           None)
-                if job is None:
-                    break
-                k, chunk = job.next_chunk()
-                inflight.append((job, k, pool.apply_async(_render_chunk, (str(job.out_dir), chunk))))
-            if not inflight:
-                if all(j.kept is not None for j in jobs):
-                    break
-                raise RuntimeError("synthesis scheduler stalled")  # pragma: no cover
-            job, k, res = inflight.popleft()
-            job.lengths[k] = res.get()
-            done_s += sum(job.lengths[k]) / SAMPLE_RATE
-            done_n += len(job.lengths[k])
-            per_utt_s = done_s / done_n
-            if progress and job.kept is None:
-                _update_bar(job)
-            if job.kept is None and job.finish_if_ready() and job.bar is not None:
-                job.bar.update(job.bar.total - job.bar.n)
-                job.bar.close()
+    pool = worker_pool(num_jobs)
+    while True:
+        # Submit for the first unfinished split whose in-flight work will not cover its target.
+        while len(inflight) < window:
+            job = next(
+                (j for j in jobs if j.kept is None and j.expected_s(per_utt_s) < j.target_s),
+                None,
+            )
+            if job is None:
+                break
+            k, chunk = job.next_chunk()
+            # Absolute: cached workers keep the cwd they were spawned in.
+            res = pool.apply_async(run_fresh, (_render_chunk, str(job.out_dir.resolve()), chunk))
+            inflight.append((job, k, res))
+        if not inflight:
+            if all(j.kept is not None for j in jobs):
+                break
+            raise RuntimeError("synthesis scheduler stalled")  # pragma: no cover
+        job, k, res = inflight.popleft()
+        job.lengths[k] = res.get()
+        done_s += sum(job.lengths[k]) / SAMPLE_RATE
+        done_n += len(job.lengths[k])
+        per_utt_s = done_s / done_n
+        if progress and job.kept is None:
+            _update_bar(job)
+        if job.kept is None and job.finish_if_ready() and job.bar is not None:
+            job.bar.update(job.bar.total - job.bar.n)
+            job.bar.close()
 
 
 def _update_bar(job: _SplitJob) -> None:
     from tqdm.auto import tqdm
 
     if job.bar is None:
-        job.bar = tqdm(total=round(job.target_s), desc=f"synth {job.name}", unit="audio-s",
-                       dynamic_ncols=True, leave=True)
+        job.bar = tqdm(
+            total=round(job.target_s),
+            desc=f"synth {job.name}",
+            unit="audio-s",
+            dynamic_ncols=True,
+            leave=True,
+        )
     job.bar.update(min(round(job.contiguous_s()), job.bar.total) - job.bar.n)
 
 
@@ -278,7 +368,9 @@ def _update_bar(job: _SplitJob) -> None:
 # Public entry point
 
 
-def synthesize_corpus(cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2, progress: bool = True):
+def synthesize_corpus(
+    cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2, progress: bool = True
+):
     """Synthesise the configured splits; returns {split: (RecordingSet, SupervisionSet)}.
 
     `cfg` is the `data` node (conf/data/synthetic.yaml). Splits listed under cfg.splits with
@@ -286,8 +378,8 @@ def synthesize_corpus(cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2,
     out_dir/<split>/<id>.flac (16 kHz mono, 16-bit). Supervisions cover each recording entirely:
     normalised text, speaker = voice name, custom = {family, voice, rate, pitch} plus, in test_rare,
     the named `entity` and the user's `context` list. test_noisy is returned clean. Output is
-    identical for the same cfg and seed whatever num_jobs is. Uses forkserver worker processes, so
-    a calling script needs the usual ``if __name__ == "__main__":`` guard.
+    identical for the same cfg and seed whatever num_jobs is. Workers use the spawn start method,
+    so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
     from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
@@ -298,15 +390,25 @@ def synthesize_corpus(cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2,
     unknown = set(splits_cfg) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; expected a subset of {SPLITS}")
-    wanted = [s for s in SPLITS if s in splits_cfg and float((splits_cfg[s] or {}).get("hours", 0)) > 0]
+    wanted = [
+        s for s in SPLITS if s in splits_cfg and float((splits_cfg[s] or {}).get("hours", 0)) > 0
+    ]
     out_dir = Path(out_dir)
+    if wanted:
+        worker_pool(max(1, int(num_jobs)))  # workers start up while the texts are drawn
     voices = split_voices(cfg, seed)
     generator = common_generator(cfg, seed)
     jobs = []
     for split in wanted:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        jobs.append(_SplitJob(split, float(splits_cfg[split]["hours"]) * 3600.0,
-                              iter_split_specs(cfg, seed, split, voices, generator), out_dir / split))
+        jobs.append(
+            _SplitJob(
+                split,
+                float(splits_cfg[split]["hours"]) * 3600.0,
+                iter_split_specs(cfg, seed, split, voices, generator),
+                out_dir / split,
+            )
+        )
     if jobs:
         _run_jobs(jobs, max(1, int(num_jobs)), progress)
 
@@ -321,16 +423,40 @@ def synthesize_corpus(cfg: Mapping, seed: int, out_dir: Path, num_jobs: int = 2,
         for spec, n in job.kept:
             dur = n / SAMPLE_RATE
             path = job.out_dir / f"{spec.id}.flac"
-            recordings.append(Recording(id=spec.id, sources=[AudioSource(type="file", channels=[0], source=str(path))],
-                                        sampling_rate=SAMPLE_RATE, num_samples=n, duration=dur))
-            custom: dict[str, Any] = {"family": spec.family, "voice": spec.voice,
-                                      "rate": spec.rate, "pitch": spec.pitch}
+            source = AudioSource(type="file", channels=[0], source=str(path))
+            recordings.append(
+                Recording(
+                    id=spec.id,
+                    sources=[source],
+                    sampling_rate=SAMPLE_RATE,
+                    num_samples=n,
+                    duration=dur,
+                )
+            )
+            custom: dict[str, Any] = {
+                "family": spec.family,
+                "voice": spec.voice,
+                "rate": spec.rate,
+                "pitch": spec.pitch,
+            }
             if spec.context is not None:
                 custom["entity"] = spec.entity
                 custom["context"] = list(spec.context)
-            supervisions.append(SupervisionSegment(
-                id=spec.id, recording_id=spec.id, start=0.0, duration=dur, channel=0, text=spec.text,
-                language="English", speaker=spec.voice, custom=custom))
-        result[job.name] = (RecordingSet.from_recordings(recordings),
-                            SupervisionSet.from_segments(supervisions))
+            supervisions.append(
+                SupervisionSegment(
+                    id=spec.id,
+                    recording_id=spec.id,
+                    start=0.0,
+                    duration=dur,
+                    channel=0,
+                    text=spec.text,
+                    language="English",
+                    speaker=spec.voice,
+                    custom=custom,
+                )
+            )
+        result[job.name] = (
+            RecordingSet.from_recordings(recordings),
+            SupervisionSet.from_segments(supervisions),
+        )
     return result

@@ -1,11 +1,13 @@
 """Synthetic room impulse responses and background noises for reverberation/noise augmentation.
 
 Each item has its own random stream (seed, kind, index), so asking for more items never changes the
-earlier ones. Babble is synthesised by eSpeak in fresh processes (see corpus.py) to stay deterministic.
+earlier ones. Babble is synthesised by eSpeak in freshly forked processes (see corpus.py) so that
+it is deterministic.
 """
 
 from __future__ import annotations
 
+import os
 from math import gcd
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
 from . import tts
-from .corpus import common_generator, derive_rng, fresh_process_context
+from .corpus import common_generator, derive_rng, run_fresh, worker_pool
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "fan")
 
@@ -21,9 +23,13 @@ NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "fan")
 def _recording(rec_id: str, path: Path, num_samples: int, sample_rate: int):
     from lhotse import AudioSource, Recording
 
-    return Recording(id=rec_id, sources=[AudioSource(type="file", channels=[0], source=str(path))],
-                     sampling_rate=sample_rate, num_samples=num_samples,
-                     duration=num_samples / sample_rate)
+    return Recording(
+        id=rec_id,
+        sources=[AudioSource(type="file", channels=[0], source=str(path))],
+        sampling_rate=sample_rate,
+        num_samples=num_samples,
+        duration=num_samples / sample_rate,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +51,11 @@ def synthetic_rir(rng: np.random.Generator, sample_rate: int = 16000) -> np.ndar
     for _ in range(int(rng.integers(6, 15))):
         t = d0 + int(rng.uniform(0.002, 0.06) * sample_rate)
         if t < length:
-            h[t] += rng.choice((-1.0, 1.0)) * rng.uniform(0.2, 0.8) * np.exp(-decay * (t - d0) / sample_rate)
+            h[t] += (
+                rng.choice((-1.0, 1.0))
+                * rng.uniform(0.2, 0.8)
+                * np.exp(-decay * (t - d0) / sample_rate)
+            )
     t = np.arange(length - d0) / sample_rate
     tail = rng.standard_normal(length - d0) * np.exp(-decay * t)
     tail *= 1.0 - np.exp(-t / rng.uniform(0.005, 0.02))  # reverberant field builds up
@@ -59,7 +69,7 @@ def synthetic_rir(rng: np.random.Generator, sample_rate: int = 16000) -> np.ndar
 
 
 def make_rir_pool(n: int, seed: int, out_dir: Path, sample_rate: int = 16000):
-    """`n` synthetic room impulse responses as 24-bit FLAC under out_dir; ids rir-0000, rir-0001, ..."""
+    """`n` synthetic room impulse responses as 24-bit FLAC under out_dir; ids rir-0000, ..."""
     import soundfile as sf
     from lhotse import RecordingSet
 
@@ -93,7 +103,11 @@ def _hum(rng, n: int, sr: int) -> np.ndarray:
     x = np.zeros(n)
     for k in range(1, int(rng.integers(4, 13)) + 1):
         if k * f0 < sr / 2:
-            x += rng.uniform(0.1, 1.0) / k ** rng.uniform(0.5, 1.5) * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
+            x += (
+                rng.uniform(0.1, 1.0)
+                / k ** rng.uniform(0.5, 1.5)
+                * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
+            )
     x *= 1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.1, 1.0) * t)
     return x + 0.01 * np.std(x) * rng.standard_normal(n)
 
@@ -102,10 +116,14 @@ def _fan(rng, n: int, sr: int) -> np.ndarray:
     t = np.arange(n) / sr
     lo = rng.uniform(60, 200)
     hi = min(rng.uniform(800, 4000), 0.45 * sr)
-    x = sosfilt(butter(int(rng.integers(2, 5)), [lo, hi], btype="bandpass", fs=sr, output="sos"),
-                rng.standard_normal(n))
+    x = sosfilt(
+        butter(int(rng.integers(2, 5)), [lo, hi], btype="bandpass", fs=sr, output="sos"),
+        rng.standard_normal(n),
+    )
     blade = rng.uniform(20, 120)
-    tone = sum(np.sin(2 * np.pi * k * blade * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 4))
+    tone = sum(
+        np.sin(2 * np.pi * k * blade * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 4)
+    )
     x = x / np.std(x) + rng.uniform(0.05, 0.5) * tone
     return x * (1 + rng.uniform(0.02, 0.15) * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t))
 
@@ -119,8 +137,16 @@ def _babble_specs(rng, duration: float, gen, voices):
         while words * 0.3 < duration + 2:
             req = gen.sample(rng)
             words += len(req.text.split()) + 1
-            utts.append((req.spoken, voices[int(rng.integers(len(voices)))], int(rng.integers(130, 231)),
-                         int(rng.integers(25, 81)), int(rng.integers(1, 2**31 - 1)), float(rng.uniform(0.05, 0.6))))
+            utts.append(
+                (
+                    req.spoken,
+                    voices[int(rng.integers(len(voices)))],
+                    int(rng.integers(130, 231)),
+                    int(rng.integers(25, 81)),
+                    int(rng.integers(1, 2**31 - 1)),
+                    float(rng.uniform(0.05, 0.6)),
+                )
+            )
         talkers.append(utts)
     return talkers
 
@@ -142,7 +168,9 @@ def _render_babble(talkers, n: int, sr: int, gains_db, offsets) -> np.ndarray:
     return mix
 
 
-def make_noise_pool(n: int, seed: int, out_dir: Path, duration: float = 10.0, sample_rate: int = 16000):
+def make_noise_pool(
+    n: int, seed: int, out_dir: Path, duration: float = 10.0, sample_rate: int = 16000
+):
     """`n` background noises (FLAC under out_dir, ids noise-0000, ...), cycling through kinds
     white, pink, brown, hum (mains + harmonics), babble (3-7 overlapped eSpeak talkers) and fan
     (band-limited noise + blade tone); parameters vary per item. RMS-normalised to -26 dBFS."""
@@ -175,10 +203,10 @@ def make_noise_pool(n: int, seed: int, out_dir: Path, duration: float = 10.0, sa
             babble_jobs.append((i, (talkers, n_samples, sample_rate, gains, offsets)))
     if babble_jobs:
         # One fresh process per babble clip: eSpeak output must not depend on earlier synthesis.
-        with fresh_process_context().Pool(1, maxtasksperchild=1) as pool:
-            results = [pool.apply_async(_render_babble, args) for _, args in babble_jobs]
-            for (i, _), res in zip(babble_jobs, results):
-                signals[i] = res.get()
+        pool = worker_pool(min(2, os.cpu_count() or 1))
+        results = [pool.apply_async(run_fresh, (_render_babble, *a)) for _, a in babble_jobs]
+        for (i, _), res in zip(babble_jobs, results):
+            signals[i] = res.get()
     recs = []
     for i in range(int(n)):
         x = signals[i]

@@ -1,8 +1,8 @@
 """Transcript normalisation and the voice-assistant request generator.
 
 Slot values and phrasings are drawn Zipf-like (rank r has weight 1 / r**s): real assistant traffic
-is dominated by a few commands, names and places, and a skewed draw is what keeps the test split's
-out-of-vocabulary rate low even when the training split is small.
+is dominated by a few commands, names and places, and the skew is what keeps the test split's
+out-of-vocabulary rate against a few hours of training text near 1 %.
 """
 
 from __future__ import annotations
@@ -24,9 +24,17 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 
 _ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
+_CLOCK = re.compile(r"\b(\d{1,2}):(\d\d)\b")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _NOT_ALLOWED = re.compile(r"[^a-z' ]+")
 _APOS_EDGE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
+def _spell_clock(m: re.Match) -> str:
+    hour, minute = num2words(int(m.group(1))), int(m.group(2))
+    if minute == 0:
+        return f" {hour} o'clock "
+    return f" {hour} {'oh ' if minute < 10 else ''}{num2words(minute)} "
 
 
 def _spell_number(m: re.Match) -> str:
@@ -45,6 +53,7 @@ def normalize_text(s: str) -> str:
     s = s.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     s = s.replace("%", " percent ").replace("&", " and ").replace("+", " plus ")
     s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,200 -> 1200
+    s = _CLOCK.sub(_spell_clock, s)  # 7:05 -> seven oh five
     s = _ORDINAL.sub(lambda m: " " + num2words(int(m.group(1)), to="ordinal") + " ", s)
     s = _NUMBER.sub(_spell_number, s)
     s = _NOT_ALLOWED.sub(" ", s)  # hyphens, commas and other punctuation become spaces
@@ -58,7 +67,7 @@ def normalize_text(s: str) -> str:
 
 @lru_cache(maxsize=None)
 def load_list(name: str) -> tuple[str, ...]:
-    """Entries of resources/<name>.txt: one per line, '#' comments skipped, order kept, deduplicated."""
+    """Entries of resources/<name>.txt: one per line, '#' comments skipped, order kept, unique."""
     seen: dict[str, None] = {}
     for line in (RESOURCES / f"{name}.txt").read_text(encoding="utf-8").splitlines():
         line = line.strip()
@@ -68,10 +77,11 @@ def load_list(name: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def census_names(kind: str) -> tuple[str, ...]:
+def census_names(kind: str, min_rank: int = 0) -> tuple[str, ...]:
     """Census names from the PyPI `names` package, most frequent first (lowercase, letters only).
 
-    kind: "first" (male and female lists merged by frequency) or "last".
+    kind: "first" (male and female lists merged by frequency) or "last"; `min_rank` keeps only
+    names whose census rank (as listed in the package's files) is above it.
     """
     import names
 
@@ -81,7 +91,7 @@ def census_names(kind: str) -> tuple[str, ...]:
     for fname in files:
         for line in (root / fname).read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 4:
+            if len(parts) >= 4 and int(parts[3]) > min_rank:
                 rows.append((float(parts[1]), int(parts[3]), parts[0].lower()))
     # Frequencies are per-sex percentages: a merged ranking by frequency is close enough.
     rows.sort(key=lambda r: (-r[0], r[1], r[2]))
@@ -123,8 +133,18 @@ def _plural(n: int, unit: str) -> str:
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DIMMABLE = ("lights", "light", "lamp", "lamps", "bulb", "strip", "chandelier", "sconce", "lantern")
-RELATIONS = ("mom", "dad", "home", "grandma", "my wife", "my husband", "grandpa", "my sister",
-             "my brother", "the office")
+RELATIONS = (
+    "mom",
+    "dad",
+    "home",
+    "grandma",
+    "my wife",
+    "my husband",
+    "grandpa",
+    "my sister",
+    "my brother",
+    "the office",
+)
 
 # ---------------------------------------------------------------------------------------------
 # Inventory
@@ -132,7 +152,7 @@ RELATIONS = ("mom", "dad", "home", "grandma", "my wife", "my husband", "grandpa"
 
 @dataclass
 class Inventory:
-    """Slot values shared by the main splits, each list in popularity order (index 0 = most common)."""
+    """Slot values shared by the main splits, each list in popularity order (commonest first)."""
 
     contacts: list[tuple[str, str]]
     appliances: list[str]
@@ -146,8 +166,17 @@ class Inventory:
     def words(self) -> set[str]:
         """Every word any slot value can contribute."""
         out: set[str] = set()
-        for seq in (self.appliances, self.songs, self.artists, self.cities, self.shopping_items,
-                    self.messages, self.rooms, RELATIONS, WEEKDAYS):
+        for seq in (
+            self.appliances,
+            self.songs,
+            self.artists,
+            self.cities,
+            self.shopping_items,
+            self.messages,
+            self.rooms,
+            RELATIONS,
+            WEEKDAYS,
+        ):
             for entry in seq:
                 out.update(entry.split())
         for first, last in self.contacts:
@@ -224,99 +253,259 @@ def _fill(template: str, slots: Slots, rng: np.random.Generator) -> str:
 # Phrasings per family, most common first (drawn Zipf-like).
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "generic": (
-        "stop", "what time is it", "volume up", "pause", "volume down", "next song", "turn it up",
-        "turn it down", "resume", "what's the date today", "cancel", "skip this song",
-        "set the volume to {vol}", "what day is it today", "louder", "mute", "tell me a joke",
-        "stop the music", "what's playing", "turn the volume up", "turn the volume down",
-        "good morning", "good night", "thank you", "play some music", "volume {vol}",
-        "what's the time", "unmute", "quieter", "go back", "repeat that", "read my messages",
-        "what's the news", "how are you", "what can you do", "turn everything off",
-        "play the next song", "shuffle my playlist", "what's the date", "never mind",
+        "stop",
+        "what time is it",
+        "volume up",
+        "pause",
+        "volume down",
+        "next song",
+        "turn it up",
+        "turn it down",
+        "resume",
+        "what's the date today",
+        "cancel",
+        "skip this song",
+        "set the volume to {vol}",
+        "what day is it today",
+        "louder",
+        "mute",
+        "tell me a joke",
+        "stop the music",
+        "what's playing",
+        "turn the volume up",
+        "turn the volume down",
+        "good morning",
+        "good night",
+        "thank you",
+        "play some music",
+        "volume {vol}",
+        "what's the time",
+        "unmute",
+        "quieter",
+        "go back",
+        "repeat that",
+        "read my messages",
+        "what's the news",
+        "how are you",
+        "what can you do",
+        "turn everything off",
+        "play the next song",
+        "shuffle my playlist",
+        "what's the date",
+        "never mind",
     ),
     "timer": (
-        "set a timer for {minutes}", "set a {n} minute timer", "set an alarm for {time}",
-        "timer for {minutes}", "wake me up at {time}", "cancel the timer",
-        "how much time is left", "set a timer for {seconds}", "stop the alarm",
-        "set an alarm for {time} tomorrow", "cancel my alarm", "remind me in {minutes}",
-        "set a timer for {hours}", "how much time is left on my timer", "{n} minute timer",
-        "set a {n} minute timer for the {food}", "snooze", "wake me up at {time} tomorrow",
-        "set an alarm for {time} on {weekday}", "what time is my alarm", "turn off my alarm",
-        "delete my {time} alarm", "add {minutes} to the timer", "set a timer for {n} and a half minutes",
+        "set a timer for {minutes}",
+        "set a {n} minute timer",
+        "set an alarm for {time}",
+        "timer for {minutes}",
+        "wake me up at {time}",
+        "cancel the timer",
+        "how much time is left",
+        "set a timer for {seconds}",
+        "stop the alarm",
+        "set an alarm for {time} tomorrow",
+        "cancel my alarm",
+        "remind me in {minutes}",
+        "set a timer for {hours}",
+        "how much time is left on my timer",
+        "{n} minute timer",
+        "set a {n} minute timer for the {food}",
+        "snooze",
+        "wake me up at {time} tomorrow",
+        "set an alarm for {time} on {weekday}",
+        "what time is my alarm",
+        "turn off my alarm",
+        "delete my {clock} alarm",
+        "add {minutes} to the timer",
+        "set a timer for {n} and a half minutes",
     ),
     "weather": (
-        "what's the weather", "what's the weather {when}", "what's the weather in {city}",
-        "what's the weather like", "will it rain {when}", "what's the weather in {city} {when}",
-        "what's the temperature outside", "what's the weather like in {city}",
-        "is it going to rain {when}", "what's the temperature in {city}", "weather in {city}",
-        "do i need an umbrella {when}", "what's the forecast for {city}", "how hot will it be {when}",
-        "will it rain in {city} {when}", "how cold is it in {city}", "is it going to snow {when}",
-        "what's the weather going to be like {when}", "is it windy in {city}",
-        "what's the forecast {when}", "will it be sunny in {city} {when}",
+        "what's the weather",
+        "what's the weather {when}",
+        "what's the weather in {city}",
+        "what's the weather like",
+        "will it rain {when}",
+        "what's the weather in {city} {when}",
+        "what's the temperature outside",
+        "what's the weather like in {city}",
+        "is it going to rain {when}",
+        "what's the temperature in {city}",
+        "weather in {city}",
+        "do i need an umbrella {when}",
+        "what's the forecast for {city}",
+        "how hot will it be {when}",
+        "will it rain in {city} {when}",
+        "how cold is it in {city}",
+        "is it going to snow {when}",
+        "what's the weather going to be like {when}",
+        "is it windy in {city}",
+        "what's the forecast {when}",
+        "will it be sunny in {city} {when}",
     ),
     "music": (
-        "play {song}", "play {artist}", "play some {artist}", "play {song} by {artist}",
-        "play music by {artist}", "put on {song}", "play the song {song}", "play {artist} radio",
-        "i want to hear {song}", "shuffle songs by {artist}", "play {song} in the {room}",
-        "play the latest album by {artist}", "who sings {song}", "play {artist} in the {room}",
-        "add {song} to my playlist", "play something by {artist}",
+        "play {song}",
+        "play {artist}",
+        "play some {artist}",
+        "play {song} by {artist}",
+        "play music by {artist}",
+        "put on {song}",
+        "play the song {song}",
+        "play {artist} radio",
+        "i want to hear {song}",
+        "shuffle songs by {artist}",
+        "play {song} in the {room}",
+        "play the latest album by {artist}",
+        "who sings {song}",
+        "play {artist} in the {room}",
+        "add {song} to my playlist",
+        "play something by {artist}",
     ),
     "call": (
-        "call {contact}", "call {first}", "call {relation}", "send a message to {contact}",
-        "text {first} {message}", "phone {contact}", "message {first} {message}",
-        "video call {first}", "dial {contact}", "send a text to {first} saying {message}",
-        "tell {relation} {message}", "call {first} on speaker", "tell {first} {message}",
-        "send a message to {first} saying {message}", "read my messages from {first}",
-        "drop in on {relation}", "text {contact} {message}", "hang up",
+        "call {contact}",
+        "call {first}",
+        "call {relation}",
+        "send a message to {contact}",
+        "text {first} {message}",
+        "phone {contact}",
+        "message {first} {message}",
+        "video call {first}",
+        "dial {contact}",
+        "send a text to {first} saying {message}",
+        "tell {relation} {message}",
+        "call {first} on speaker",
+        "tell {first} {message}",
+        "send a message to {first} saying {message}",
+        "read my messages from {first}",
+        "drop in on {relation}",
+        "text {contact} {message}",
+        "hang up",
     ),
     "device": (
-        "turn on the {app}", "turn off the {app}", "turn off the lights", "turn the {app} off",
-        "turn the {app} on", "set the {light} to {pct} percent", "switch off the {app}",
-        "dim the {light}", "switch on the {app}", "dim the {light} to {pct} percent",
-        "turn on the lights", "set {light} brightness to {pct} percent", "is the {app} on",
-        "brighten the {light}", "turn off all the lights", "set the {light} brightness to {pct} percent",
-        "turn the {light} up to {pct} percent", "{app} off", "{app} on",
+        "turn on the {app}",
+        "turn off the {app}",
+        "turn off the lights",
+        "turn the {app} off",
+        "turn the {app} on",
+        "set the {light} to {pct} percent",
+        "switch off the {app}",
+        "dim the {light}",
+        "switch on the {app}",
+        "dim the {light} to {pct} percent",
+        "turn on the lights",
+        "set {light} brightness to {pct} percent",
+        "is the {app} on",
+        "brighten the {light}",
+        "turn off all the lights",
+        "set the {light} brightness to {pct} percent",
+        "turn the {light} up to {pct} percent",
+        "{app} off",
+        "{app} on",
     ),
     "shopping": (
-        "add {item} to my shopping list", "add {item} to the shopping list", "what's on my shopping list",
-        "put {item} on my shopping list", "add {item}", "add {item} to my list",
-        "remove {item} from my shopping list", "add {item} and {item} to my shopping list",
-        "we need {item}", "take {item} off my shopping list", "read my shopping list",
-        "do i have {item} on my list", "put {item} on the list", "clear my shopping list",
+        "add {item} to my shopping list",
+        "add {item} to the shopping list",
+        "what's on my shopping list",
+        "put {item} on my shopping list",
+        "add {item}",
+        "add {item} to my list",
+        "remove {item} from my shopping list",
+        "add {item} and {item} to my shopping list",
+        "we need {item}",
+        "take {item} off my shopping list",
+        "read my shopping list",
+        "do i have {item} on my list",
+        "put {item} on the list",
+        "clear my shopping list",
         "remove {item} from the list",
     ),
 }
-FAMILY_WEIGHTS = {"generic": 0.14, "timer": 0.14, "weather": 0.13, "music": 0.15, "call": 0.15,
-                  "device": 0.16, "shopping": 0.13}
-RARE_TEMPLATES = {
-    "call": ("call {contact}", "send a message to {contact}", "phone {contact}", "video call {contact}",
-             "dial {contact}", "text {contact} {message}", "send a text to {contact} saying {message}",
-             "message {contact} {message}", "tell {contact} {message}"),
-    "device": ("turn on the {app}", "turn off the {app}", "turn the {app} off", "turn the {app} on",
-               "switch on the {app}", "switch off the {app}", "is the {app} on"),
+# Phrasings vary more than slot values: their words are few and shared, so they cost little OOV.
+TEMPLATE_ZIPF = 0.7
+FAMILY_WEIGHTS = {
+    "generic": 0.14,
+    "timer": 0.14,
+    "weather": 0.13,
+    "music": 0.15,
+    "call": 0.15,
+    "device": 0.16,
+    "shopping": 0.13,
 }
-RARE_DIMMABLE_TEMPLATES = ("set the {app} to {pct} percent", "dim the {app} to {pct} percent",
-                           "dim the {app}", "brighten the {app}")
+RARE_TEMPLATES = {
+    "call": (
+        "call {contact}",
+        "send a message to {contact}",
+        "phone {contact}",
+        "video call {contact}",
+        "dial {contact}",
+        "text {contact} {message}",
+        "send a text to {contact} saying {message}",
+        "message {contact} {message}",
+        "tell {contact} {message}",
+    ),
+    "device": (
+        "turn on the {app}",
+        "turn off the {app}",
+        "turn the {app} off",
+        "turn the {app} on",
+        "switch on the {app}",
+        "switch off the {app}",
+        "is the {app} on",
+    ),
+}
+RARE_DIMMABLE_TEMPLATES = (
+    "set the {app} to {pct} percent",
+    "dim the {app} to {pct} percent",
+    "dim the {app}",
+    "brighten the {app}",
+)
 
 MINUTES = (5, 10, 1, 2, 3, 15, 20, 30, 25, 4, 45, 8, 12, 6, 7, 40, 90, 35, 50, 9, 18, 11)
 SECONDS = (30, 10, 20, 45, 15, 90, 40)
 PERCENTS = (50, 20, 30, 100, 10, 75, 40, 60, 25, 80, 70, 90, 15, 5, 35, 45, 65, 85, 95, 55)
 HOURS = (7, 6, 8, 5, 9, 10, 11, 12, 1, 2, 3, 4)
-MINUTE_WORDS = ("", "thirty", "o'clock", "fifteen", "forty five", "forty", "twenty", "ten",
-                "fifty", "oh five", "forty five", "twenty five", "thirty five", "fifty five")
+MINUTE_WORDS = (
+    "",
+    "thirty",
+    "o'clock",
+    "fifteen",
+    "forty five",
+    "forty",
+    "twenty",
+    "ten",
+    "fifty",
+    "oh five",
+    "forty five",
+    "twenty five",
+    "thirty five",
+    "fifty five",
+)
 DAYPARTS = ("", "", "in the morning", "tonight", "in the evening", "in the afternoon")
-WHEN = ("today", "tomorrow", "tonight", "this weekend", "this afternoon", "on {weekday}",
-        "this evening", "tomorrow morning", "next week", "this morning")
+WHEN = (
+    "today",
+    "tomorrow",
+    "tonight",
+    "this weekend",
+    "this afternoon",
+    "on {weekday}",
+    "this evening",
+    "tomorrow morning",
+    "next week",
+    "this morning",
+)
+_EXTRA_WORDS = "minute minutes second seconds hour hours half past quarter to noon midnight percent"
 FOODS = ("pasta", "eggs", "rice", "pizza", "cookies", "potatoes", "chicken", "bread", "oven")
 
 
 class RequestGenerator:
-    """Draws voice-assistant requests over a common inventory (main splits) or rare entities.
+    """Draws voice-assistant requests over the common inventory (the main splits).
 
     Every draw consumes the caller's generator only, so a split's texts depend on its own stream.
     """
 
-    def __init__(self, inventory: Inventory, wake_word: str | None = "alexa",
-                 wake_word_prob: float = 0.3):
+    def __init__(
+        self, inventory: Inventory, wake_word: str | None = "alexa", wake_word_prob: float = 0.3
+    ):
         self.inv = inventory
         self.wake_word = normalize_text(wake_word) if wake_word else ""
         self.wake_word_prob = float(wake_word_prob) if self.wake_word else 0.0
@@ -347,6 +536,9 @@ class RequestGenerator:
             part = dayparts(rng)
             return " ".join(x for x in (h, mw, part) if x)
 
+        def clock(rng):
+            return " ".join(x for x in (num2words(hours(rng)), minute_words(rng)) if x)
+
         def when(rng):
             return _fill(self._when(rng), {"weekday": weekday}, rng)
 
@@ -370,11 +562,12 @@ class RequestGenerator:
             "seconds": lambda rng: _plural(seconds(rng), "second"),
             "hours": lambda rng: _plural(n_hours(rng), "hour"),
             "time": time_of_day,
+            "clock": clock,
             "when": when,
             "weekday": weekday,
             "food": Zipf(FOODS, 1.0),
         }
-        self.templates = {f: Zipf(t, 1.0) for f, t in TEMPLATES.items()}
+        self.templates = {f: Zipf(t, TEMPLATE_ZIPF) for f, t in TEMPLATES.items()}
         self.families = Zipf(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))
 
     def _finish(self, body: str, family: str, rng: np.random.Generator, **kw) -> Request:
@@ -395,7 +588,9 @@ class RequestGenerator:
     def vocabulary(self) -> set[str]:
         """All words the common generator can produce (templates, slot values, numbers)."""
         words = set(self.inv.words())
-        for temps in list(TEMPLATES.values()) + list(RARE_TEMPLATES.values()) + [RARE_DIMMABLE_TEMPLATES]:
+        for temps in (
+            list(TEMPLATES.values()) + list(RARE_TEMPLATES.values()) + [RARE_DIMMABLE_TEMPLATES]
+        ):
             for t in temps:
                 words.update(normalize_text(re.sub(r"\{\w+\}", " ", t)).split())
         for seq in (WHEN, MINUTE_WORDS, DAYPARTS, FOODS, RELATIONS):
@@ -403,8 +598,8 @@ class RequestGenerator:
                 words.update(normalize_text(re.sub(r"\{\w+\}", " ", t)).split())
         for n in set(MINUTES + SECONDS + PERCENTS + HOURS) | set(range(1, 11)):
             words.update(normalize_text(str(n)).split())
-        words.update(("minute", "minutes", "second", "seconds", "hour", "hours", "half", "past",
-                      "quarter", "to", "noon", "midnight", "percent", self.wake_word))
+        words.update(_EXTRA_WORDS.split())
+        words.add(self.wake_word)
         words.discard("")
         return words
 
@@ -430,7 +625,7 @@ class RareRequestGenerator:
         self.context_size = max(1, int(context_size))
         vocab = common.vocabulary()
         firsts = [n for n in census_names("first")[1000:] if n not in vocab]
-        lasts = [n for n in census_names("last")[int(min_rank):] if n not in vocab and len(n) >= 3]
+        lasts = [n for n in census_names("last", int(min_rank)) if n not in vocab and len(n) >= 3]
         self._firsts, self._lasts = firsts, lasts
         adjs = [a for a in load_list("rare_adjectives") if not set(a.split()) <= vocab]
         rooms = [r for r in load_list("rare_rooms") if not set(r.split()) <= vocab]
@@ -440,7 +635,8 @@ class RareRequestGenerator:
         self._message = common.slots["message"]
 
     def _rare_contact(self, rng) -> str:
-        return f"{self._firsts[rng.integers(len(self._firsts))]} {self._lasts[rng.integers(len(self._lasts))]}"
+        first = self._firsts[rng.integers(len(self._firsts))]
+        return f"{first} {self._lasts[rng.integers(len(self._lasts))]}"
 
     def _rare_device(self, rng) -> str:
         q = self._qualifiers[rng.integers(len(self._qualifiers))]
@@ -461,8 +657,12 @@ class RareRequestGenerator:
             if entity.split()[-1] in DIMMABLE:
                 temps = temps + RARE_DIMMABLE_TEMPLATES
             template = temps[rng.integers(len(temps))]
-        slots = {"contact": lambda r: entity, "app": lambda r: entity, "pct": self._pct,
-                 "message": self._message}
+        slots = {
+            "contact": lambda r: entity,
+            "app": lambda r: entity,
+            "pct": self._pct,
+            "message": self._message,
+        }
         body = _fill(template, slots, rng)
         context = [entity]
         n_devices = self.context_size // 3

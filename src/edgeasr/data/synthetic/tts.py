@@ -29,8 +29,16 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 # Variant names end up as speaker ids; keep ones that are safe in ids and file names.
 _SAFE_VARIANT = re.compile(r"^[A-Za-z0-9_-]+$")
-DEFAULT_ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
-                   "en-029", "en-us-nyc")
+DEFAULT_ACCENTS = (
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 
 
 class _Voice(ctypes.Structure):
@@ -153,43 +161,44 @@ class ESpeak:
         return resample_16k(x)
 
 
+@functools.lru_cache(maxsize=None)
+def _resample_filter() -> np.ndarray:
+    # scipy's default resample_poly filter, designed once: the design costs as much as filtering.
+    from scipy.signal import firwin
+
+    return firwin(2 * 10 * 441 + 1, 1.0 / 441, window=("kaiser", 5.0)).astype(np.float32)
+
+
 def resample_16k(x: np.ndarray) -> np.ndarray:
-    """22050 Hz -> 16 kHz (polyphase; 320/441 is the exact ratio)."""
+    """22050 Hz -> 16 kHz, same as scipy.signal.resample_poly(x, 320, 441) (exact ratio)."""
+    x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
-        return x.astype(np.float32)
-    return resample_poly(x, 320, 441).astype(np.float32)
+        return x
+    return resample_poly(x, 320, 441, window=_resample_filter()).astype(np.float32)
 
 
-def synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50, seed: int = 0) -> np.ndarray:
+def synthesize(
+    text: str, voice: str, rate: int = 175, pitch: int = 50, seed: int = 0
+) -> np.ndarray:
     """Speak `text` with this process's engine; float32 at 16 kHz."""
     return ESpeak.get().synthesize(text, voice, rate, pitch, seed)
 
 
 @functools.lru_cache(maxsize=None)
 def _working_voices(accents: tuple[str, ...]) -> tuple[str, ...]:
-    # Checked in a throwaway process: selecting ~800 voices here would otherwise perturb the
-    # caller's eSpeak state (see module docstring).
-    import multiprocessing as mp
-
-    ctx = mp.get_context("forkserver")
-    with ctx.Pool(1) as pool:
-        return tuple(pool.apply(_probe_voices, (accents,)))
-
-
-def _probe_voices(accents: tuple[str, ...]) -> list[str]:
+    # Selecting a voice synthesises nothing, so probing in this process is harmless.
     engine = ESpeak.get()
-    variants = variant_names()
     ok = []
-    for accent in accents:
-        if not engine.set_voice(accent):
-            continue
-        for variant in variants:
-            voice = f"{accent}+{variant}"
-            if engine.set_voice(voice):
-                ok.append(voice)
-    return ok
+    with engine._lock:
+        for accent in accents:
+            if not engine.set_voice(accent):
+                continue
+            ok.extend(
+                v for v in (f"{accent}+{name}" for name in variant_names()) if engine.set_voice(v)
+            )
+    return tuple(ok)
 
 
-def available_voices(accents) -> list[str]:
+def available_voices(accents=DEFAULT_ACCENTS) -> list[str]:
     """All "accent+variant" voices eSpeak actually selects, for the given accents (stable order)."""
     return list(_working_voices(tuple(accents)))

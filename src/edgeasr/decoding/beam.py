@@ -1,0 +1,127 @@
+"""icefall's modified beam search for transducers, batched over utterances.
+
+At most one symbol per frame; each frame every hypothesis is extended by all V symbols, the
+``beam`` best (hypothesis, symbol) pairs per utterance survive, and pairs that spell the same
+token sequence are merged by adding their probabilities (logaddexp).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Hypothesis:
+    """tokens: ids without blank; log_prob: log of the summed probability of the alignments that
+    reached this sequence within the beam (the search score); timestamps: encoder frame of each token.
+
+    ``log_prob`` is a beam approximation; MWER should rescore N-best lists with the full-sum
+    ``Transducer.rnnt_loss(..., reduction="none")`` (differentiable).
+    """
+
+    tokens: list[int]
+    log_prob: float
+    timestamps: list[int] = field(default_factory=list)
+
+
+def _logaddexp(a: float, b: float) -> float:
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+@torch.no_grad()
+def modified_beam_search(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int = 4) -> list[list[Hypothesis]]:
+    """enc_out: (N, T, J), enc_lens: (N,) -> per utterance up to ``beam`` distinct hypotheses,
+    best first (sorted by ``log_prob``)."""
+    predictor, joiner, blank = model.predictor, model.joiner, model.blank_id
+    n, device = enc_out.size(0), enc_out.device
+    enc_lens = enc_lens.tolist()
+
+    # Flat list of live hypotheses grouped by utterance; pred_out/pred_state have one row each.
+    hyps: list[Hypothesis] = [Hypothesis([], 0.0) for _ in range(n)]
+    utt = [i for i in range(n)]
+    pred_out, pred_state = predictor.init_decoder(n, device)
+
+    for t in range(enc_out.size(1)):
+        rows = [r for r, u in enumerate(utt) if enc_lens[u] > t]
+        if not rows:
+            break
+        rows_t = torch.tensor(rows, device=device)
+        utts_t = torch.tensor([utt[r] for r in rows], device=device)
+        logp = joiner.forward_frame(enc_out[utts_t, t], pred_out[rows_t]).float().log_softmax(-1)
+        scores = logp + torch.tensor([hyps[r].log_prob for r in rows], device=device).unsqueeze(1)
+        v = scores.size(1)
+
+        # Pad each active utterance's candidates to (beam, V) so one topk serves the batch.
+        active_utts = sorted({utt[r] for r in rows})
+        pos = {u: i for i, u in enumerate(active_utts)}
+        slot, seen = [], {}
+        for r in rows:
+            slot.append(seen.get(utt[r], 0))
+            seen[utt[r]] = slot[-1] + 1
+        width = max(seen.values())
+        pad = torch.full((len(active_utts), width, v), -math.inf, device=device)
+        pad[torch.tensor([pos[utt[r]] for r in rows], device=device), torch.tensor(slot, device=device)] = scores
+        k = min(beam, width * v)
+        top_val, top_idx = pad.view(len(active_utts), -1).topk(k, dim=1)
+        row_of = {(pos[utt[r]], s): r for r, s in zip(rows, slot)}
+
+        new_by_utt: dict[int, dict[tuple[int, ...], tuple[Hypothesis, int, int]]] = {}
+        for a, u in enumerate(active_utts):
+            merged: dict[tuple[int, ...], tuple[Hypothesis, int, int]] = {}
+            for val, idx in zip(top_val[a].tolist(), top_idx[a].tolist()):
+                if val == -math.inf:
+                    continue
+                parent, tok = row_of[(a, idx // v)], idx % v
+                ph = hyps[parent]
+                if tok == blank:
+                    h = Hypothesis(ph.tokens, val, ph.timestamps)
+                else:
+                    h = Hypothesis(ph.tokens + [tok], val, ph.timestamps + [t])
+                key = tuple(h.tokens)
+                if key in merged:
+                    old, op, ot = merged[key]
+                    # The same sequence has the same predictor state: keep the first parent.
+                    keep = old if old.log_prob >= val else h
+                    keep = Hypothesis(keep.tokens, _logaddexp(old.log_prob, val), keep.timestamps)
+                    merged[key] = (keep, op, ot)
+                else:
+                    merged[key] = (h, parent, tok)
+            new_by_utt[u] = merged
+
+        # Rebuild the flat list (finished utterances keep their hypotheses untouched).
+        new_hyps, new_utt, parents, emit_pos, emit_tok = [], [], [], [], []
+        for u in range(n):
+            if u in new_by_utt:
+                for h, parent, tok in new_by_utt[u].values():
+                    if tok != blank:
+                        emit_pos.append(len(new_hyps))
+                        emit_tok.append(tok)
+                    new_hyps.append(h)
+                    new_utt.append(u)
+                    parents.append(parent)
+            else:
+                for r, uu in enumerate(utt):
+                    if uu == u:
+                        new_hyps.append(hyps[r])
+                        new_utt.append(u)
+                        parents.append(r)
+        par = torch.tensor(parents, device=device)
+        pred_out = pred_out[par]
+        pred_state = predictor.select_state(pred_state, par)
+        if emit_pos:
+            ep = torch.tensor(emit_pos, device=device)
+            out, sub = predictor.step_tokens(
+                torch.tensor(emit_tok, device=device), predictor.select_state(pred_state, ep)
+            )
+            pred_out[ep] = out
+            pred_state = predictor.scatter_state(pred_state, ep, sub)
+        hyps, utt = new_hyps, new_utt
+
+    results: list[list[Hypothesis]] = [[] for _ in range(n)]
+    for h, u in zip(hyps, utt):
+        results[u].append(h)
+    return [sorted(r, key=lambda h: h.log_prob, reverse=True) for r in results]

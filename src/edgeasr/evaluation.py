@@ -1,0 +1,92 @@
+"""What every model stage reports: WER per split (with recogs/errs files), sparsity, size and
+emulated latency on the configured NPU profile."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from edgeasr.metrics import WerAccumulator
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """The parts that ship to a device (the CTC head only shapes training)."""
+    return nn.ModuleDict({"encoder": model.encoder, "predictor": model.predictor, "joiner": model.joiner})
+
+
+@torch.inference_mode()
+def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_text, method: str = "greedy",
+                  beam: int = 4) -> WerAccumulator:
+    """Decode every batch; WER accumulates summed errors over summed reference words."""
+    from edgeasr.decoding import greedy_search, modified_beam_search
+
+    model.eval()
+    acc = WerAccumulator()
+    for batch in loader:
+        enc, enc_lens = model.encode(batch["features"], batch["feature_lens"])
+        if method == "greedy":
+            hyps = greedy_search(model, enc, enc_lens)
+        elif method == "beam":
+            hyps = [nbest[0].tokens for nbest in modified_beam_search(model, enc, enc_lens, beam=beam)]
+        else:
+            raise ValueError(f"unknown decoding method {method!r}; use greedy or beam")
+        acc.update(batch["texts"], [decode_text(h) for h in hyps], ids=batch["cut_ids"])
+    return acc
+
+
+def evaluate_splits(model: nn.Module, datamodule, splits: Iterable[str], out_dir: Path, method: str = "greedy",
+                    beam: int = 4) -> dict[str, float]:
+    """``wer/<split>`` for each split present, plus ``wer`` (= test); writes
+    ``<out_dir>/recogs-<split>.txt`` and ``errs-<split>.txt`` (icefall's formats)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    for split in splits:
+        if not (datamodule.manifest_dir / f"cuts_{split}.jsonl.gz").is_file():
+            continue
+        acc = decode_loader(model, datamodule.split_dataloader(split), datamodule.tokenizer.decode, method, beam)
+        acc.write_recogs(out_dir / f"recogs-{split}.txt")
+        acc.write_errs(out_dir / f"errs-{split}.txt")
+        metrics[f"wer/{split}"] = round(acc.wer, 4)
+    if "wer/test" in metrics:
+        metrics["wer"] = metrics["wer/test"]
+    return metrics
+
+
+def median_utterance(cuts, tokenizer) -> tuple[float, int, int]:
+    """(duration s, feature frames, tokens) of the median-duration utterance of a split."""
+    items = sorted(((c.duration, c.num_frames or round(c.duration * 100), c.supervisions[0].text or "") for c in cuts))
+    if not items:
+        raise ValueError("cannot emulate latency on an empty split")
+    dur, frames, text = items[len(items) // 2]
+    return dur, int(frames), len(tokenizer.encode(text))
+
+
+def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, bits: int = 32,
+                  chunk_frames: int | None = None) -> tuple[dict[str, float], Any]:
+    """``sparsity``, ``size_bytes`` (at ``bits``), ``emulated_latency_ms`` and ``emulated_rtf`` for the
+    median-length utterance of ``cuts``, and the parameter count; plus the full cost report."""
+    from edgeasr.emulator import HwProfile, model_size_bytes, model_sparsity
+    from edgeasr.emulator.transducer import transducer_latency
+
+    dev = deployable(model)
+    dur, frames, tokens = median_utterance(cuts, tokenizer)
+    was_training = model.training
+    report = transducer_latency(model, HwProfile.from_cfg(hw_cfg), frames, tokens, bits=bits, chunk_frames=chunk_frames)
+    model.train(was_training)
+    metrics = {
+        "sparsity": round(model_sparsity(dev), 6),
+        "size_bytes": int(model_size_bytes(dev, bits)),
+        "emulated_latency_ms": round(report.total_s * 1000.0, 4),
+        "emulated_rtf": round(report.total_s / dur, 6),
+        "params": int(sum(p.numel() for p in dev.parameters())),
+    }
+    return metrics, report
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(statistics.median(values)) if values else float("nan")

@@ -1,0 +1,125 @@
+"""The ``train_teacher`` stage: a Conformer RNN-T trained with Lightning on ``train`` (+ its
+augmented copies), evaluated on dev/test/test_noisy/test_rare.
+
+Outputs: ``data/train_teacher/model.pt`` (best by dev WER), ``data/train_teacher/results/``
+(recogs/errs per split, learning curve), ``data/train_teacher/checkpoints/`` (kept across runs so
+a killed run resumes), ``reports/train_teacher.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+STAGE = "train_teacher"
+
+
+def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
+    """Hash of the config that determines a training run: checkpoints from another config are never resumed."""
+    sub = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
+    """``last.ckpt`` if it belongs to this exact config, else wipe the folder and start fresh."""
+    stamp = ckpt_dir / "fingerprint.txt"
+    last = ckpt_dir / "last.ckpt"
+    if resume and last.is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
+        return str(last)
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    stamp.write_text(fp + "\n")
+    return None
+
+
+def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path):
+    """Shared by the model stages: build, fit (resuming when possible), return (model, lit, callbacks)."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from edgeasr.data.datamodule import AsrDataModule
+    from edgeasr.models import build_transducer
+    from edgeasr.tracking import tracking_uri
+    from edgeasr.training import TransducerLitModule
+    from edgeasr.training.callbacks import LearningCurve, Throughput
+
+    torch.set_num_threads(int(cfg.trainer.num_threads))
+    pl.seed_everything(int(cfg.seed), workers=True)
+    prep = Path(cfg.paths.data_dir) / "prepare"
+    dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=list(section.train_splits),
+                       max_duration=section.batch_max_duration, num_buckets=section.num_buckets, seed=int(cfg.seed))
+    model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
+    sched = {**section.scheduler, "total_steps": int(section.max_steps)}
+    lit = TransducerLitModule(model, dm.tokenizer.decode, section.optimizer, sched,
+                              OmegaConf.to_container(section.specaug) if section.specaug else None)
+
+    ckpt_dir = out / "checkpoints"
+    fp = fingerprint(cfg, ["seed", "data", "prepare", "model", stage, "trainer"])
+    resume_from = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
+    if resume_from:
+        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
+        log.info("resuming %s from %s (step %d)", stage, resume_from, resumed_step)
+        tracker.set_tags({"resumed_from_step": resumed_step})
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1,
+                           save_on_train_epoch_end=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                           every_n_train_steps=int(section.checkpoint_every_n_steps))
+    curve, speed = LearningCurve(), Throughput()
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
+        check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=tracker.run_id),
+        callbacks=[best, last, curve, speed], use_distributed_sampler=False, num_sanity_val_steps=0,
+        enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)), default_root_dir=str(out),
+        deterministic="warn",
+    )
+    trainer.fit(lit, datamodule=dm, ckpt_path=resume_from)
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        lit.load_state_dict(state)
+    return model, dm, curve, speed, trainer
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    from edgeasr.evaluation import evaluate_splits, model_metrics
+    from edgeasr.models.io import save_model
+    from edgeasr.tracking import stage_run
+
+    section = cfg[STAGE]
+    out = Path(cfg.paths.data_dir) / STAGE
+    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "model", "trainer", "hw", STAGE]), resolve=True)
+    params.get("model", {}).pop("student", None)
+    with stage_run(STAGE, cfg, params=params) as tracker:
+        model, dm, curve, speed, trainer = train_transducer(cfg, STAGE, cfg.model.teacher, section, tracker, out)
+        model_cfg = {**OmegaConf.to_container(cfg.model.teacher, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
+        save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
+
+        results = out / "results"
+        metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
+        cost_metrics, cost = model_metrics(model, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=32)
+        metrics.update(cost_metrics)
+        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
+        metrics["train_steps"] = int(trainer.global_step)
+        tracker.log_report(metrics)
+
+        (results / "learning_curve.json").write_text(json.dumps(curve.points, indent=1))
+        (results / "cost_table.txt").write_text(cost.table() + "\n")
+        if curve.points:
+            tracker.log_figure(curve.figure(f"{STAGE}: dev WER vs time"), "learning_curve.png")
+        for f in sorted(results.iterdir()):
+            tracker.log_artifact(f, "results")
+        tracker.log_artifact(out / "model.pt", "model")
+        log.info("%s: %s", STAGE, metrics)
+    return metrics

@@ -1,0 +1,3 @@
+"""Lightning glue: the transducer LightningModule, SpecAugment, schedules and callbacks."""
+
+from .module import TransducerLitModule  # noqa: F401

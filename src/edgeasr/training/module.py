@@ -1,0 +1,116 @@
+"""``TransducerLitModule``: RNN-T (+ optional CTC) training of any ``edgeasr.models.Transducer``.
+
+Free of I/O: the model, the text decoder (token ids -> text) and all hyper-parameters come in
+through the constructor; data comes from the DataModule; checkpoints and logs from the Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (torchaudio transforms), independent per utterance.
+    ``(N, T, F) -> (N, T, F)``; identity in eval mode."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 40,
+                 time_max_ratio: float = 0.1):
+        super().__init__()
+        import torchaudio.transforms as T
+
+        self.freq = nn.ModuleList(T.FrequencyMasking(freq_width, iid_masks=True) for _ in range(freq_masks))
+        self.time = nn.ModuleList(T.TimeMasking(time_width, iid_masks=True, p=time_max_ratio) for _ in range(time_masks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or (not self.freq and not self.time):
+            return x
+        y = x.transpose(1, 2).unsqueeze(1)  # (N, 1, F, T)
+        for m in [*self.freq, *self.time]:
+            y = m(y)
+        return y.squeeze(1).transpose(1, 2)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, final_ratio: float = 0.05) -> Callable[[int], float]:
+    """LR multiplier: linear warmup, then cosine decay to ``final_ratio`` at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+class TransducerLitModule(pl.LightningModule):
+    """Trains ``model`` with the RNN-T loss (summed over the batch, normalised per utterance).
+
+    Args:
+        model: a ``Transducer``.
+        decode_text: token ids -> text (the tokenizer's ``decode``), for ``val/wer``.
+        optimizer: ``{lr, weight_decay, betas}`` for AdamW.
+        scheduler: ``{warmup_steps, total_steps, final_ratio}``.
+        specaug: kwargs of :class:`SpecAugment` or ``None``.
+    """
+
+    def __init__(self, model: nn.Module, decode_text: Callable[[Sequence[int]], str],
+                 optimizer: Mapping[str, Any], scheduler: Mapping[str, Any],
+                 specaug: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.decode_text = decode_text
+        self.optim_cfg, self.sched_cfg = dict(optimizer), dict(scheduler)
+        self.specaug = SpecAugment(**specaug) if specaug else None
+        from torchmetrics.text import WordErrorRate
+
+        # torchmetrics sums errors and reference words (and syncs them across DDP ranks):
+        # the corpus WER, never a mean of per-batch WERs.
+        self.val_wer = WordErrorRate()
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor):
+        return self.model.encode(x, x_lens)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        x, x_lens = batch["features"], batch["feature_lens"]
+        if self.specaug is not None:
+            x = self.specaug(x)
+        out = self.model(x, x_lens, batch["tokens"])
+        n = out["num_utts"]
+        loss = out["loss"] / n
+        self.log_dict({"train/loss": loss, "train/rnnt_loss": out["rnnt_loss"] / n,
+                       "train/ctc_loss": out["ctc_loss"] / n}, batch_size=n, prog_bar=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        from edgeasr.decoding import greedy_search
+
+        x, x_lens = batch["features"], batch["feature_lens"]
+        enc, enc_lens = self.model.encode(x, x_lens)
+        hyps = [self.decode_text(h) for h in greedy_search(self.model, enc, enc_lens)]
+        n = len(hyps)
+        self.log("val/rnnt_loss", self.model.rnnt_loss(enc, enc_lens, batch["tokens"]) / n, batch_size=n, sync_dist=True)
+        self.val_wer.update(hyps, batch["texts"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/wer", 100.0 * self.val_wer.compute(), prog_bar=True, sync_dist=False)
+        self.val_wer.reset()
+
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)  # no weight decay on biases and norms
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": c.get("weight_decay", 0.0)}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=c["lr"], betas=tuple(c.get("betas", (0.9, 0.98))),
+        )
+        s = self.sched_cfg
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(s["warmup_steps"], s["total_steps"], s.get("final_ratio", 0.05)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
