@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import copy_project
 
@@ -26,16 +27,17 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     _sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", tmp_path, env)
 
-    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false", tmp_path, env)
-    assert "Running stage 'prepare'" in out
+    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S trainer.progress=false", tmp_path, env)
+    assert "Running stage 'prepare'" in out and "Running stage 'train_teacher'" in out
     report = json.loads((tmp_path / "reports/prepare.json").read_text())
     assert report["hours/train"] > 0 and "oov_rate_percent/test" in report  # tiny is too small for a realistic OOV rate
 
     out = _sh("dvc repro", tmp_path, env)
     assert "Running stage" not in out and "didn't change" in out  # every stage skipped
 
-    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S data.splits.dev.hours=0.012", tmp_path, env)
-    assert "Running stage 'prepare'" in out
+    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S trainer.progress=false "
+              "-S data.splits.dev.hours=0.012", tmp_path, env)
+    assert "Running stage 'prepare'" in out  # a data-size key reruns prepare (and what depends on it)
 
     from mlflow.tracking import MlflowClient
 
@@ -44,9 +46,18 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     parents = {r.info.run_id: r for r in runs if not r.data.tags.get("mlflow.parentRunId")}
-    assert len(children) == 2 and {r.info.run_name for r in children} == {"prepare"}
-    assert len({c.data.tags["mlflow.parentRunId"] for c in children}) == 2  # one parent per invocation
+    stages = list(yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"])
+    assert sorted(r.info.run_name for r in children) == sorted(stages * 2)  # the cached repro made none
+    by_parent = {}
     for child in children:
+        by_parent.setdefault(child.data.tags["mlflow.parentRunId"], []).append(child.info.run_name)
+    assert len(by_parent) == 2 and all(sorted(v) == sorted(stages) for v in by_parent.values())
+    for parent_id in by_parent:  # each invocation's parent carries every stage's report
+        assert "prepare/hours/train" in parents[parent_id].data.metrics
+    for child in children:
+        if child.info.run_name != "prepare":
+            assert {"wer", "sparsity", "size_bytes", "emulated_latency_ms"} <= set(child.data.metrics)
+            continue
         assert child.data.tags["mlflow.parentRunId"] in parents
         assert child.data.metrics["hours/train"] > 0
         assert "oov_rate_percent/test" in child.data.metrics

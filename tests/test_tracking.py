@@ -584,3 +584,30 @@ def test_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
     assert Path(local).read_bytes() == b"\x08\x07fake"
     assert (tmp_path / "server" / "artifacts").is_dir()
     assert "params.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+def test_real_prepare_stage_against_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    """The real prepare stage (tiny corpus) logging to a real `mlflow server` over HTTP."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import compose
+    from edgeasr.stages.prepare import run as prepare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    metrics = prepare(compose(["experiment=tiny", "prepare.progress=false"]))
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("edgeasr")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'prepare'")
+    assert len(runs) == 1
+    child = runs[0]
+    assert child.data.tags["mlflow.parentRunId"]
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    for key in ("hours/train", "utterances/test", "vocab_words", "oov_rate_percent/test", "filtered/total"):
+        assert child.data.metrics[key] == pytest.approx(metrics[key])
+        assert parent.data.metrics[f"prepare/{key}"] == pytest.approx(metrics[key])
+    assert child.data.params["prepare.tokenizer.vocab_size"] == "64"
+    assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"filtered.jsonl", "tokens.txt"}

@@ -7,6 +7,7 @@ frames x tokens cost) stays small.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -71,6 +72,8 @@ class AsrDataModule(pl.LightningDataModule):
     def _loader(self, cuts: CutSet, train: bool) -> DataLoader:
         # Lightning calls sampler.set_epoch, so lhotse reshuffles every epoch.
         if train:
+            # Eager CutSets on purpose: our corpora fit in memory and an eager set shuffles fully.
+            warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
             sampler = DynamicBucketingSampler(cuts, max_duration=self.max_duration, shuffle=True,
                                               num_buckets=self.num_buckets, seed=self.seed, drop_last=False)
         else:

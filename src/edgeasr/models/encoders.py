@@ -44,6 +44,7 @@ class ConformerEncoder(nn.Module):
         output_dim: int = 256,
         subsampling_channels: int = 64,
         input_norm: str = "layer",
+        frame_stack: int = 1,
     ):
         super().__init__()
         from torchaudio.models import Conformer
@@ -52,6 +53,12 @@ class ConformerEncoder(nn.Module):
         self.output_dim = output_dim
         self.input_norm = InputNorm(input_dim, input_norm)
         self.subsampling = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
+        # Frame-rate reduction after the convs: k stacked 40 ms frames -> one (40k ms) frame. The
+        # Conformer's cost is ~linear in frames (quadratic for attention), so k=2 halves it; speech
+        # at ~7 BPE tokens/s still has more frames than tokens at 80 ms.
+        self.frame_stack = int(frame_stack)
+        self.subsampling_factor = 4 * self.frame_stack
+        self.stack = nn.Linear(d_model * self.frame_stack, d_model) if self.frame_stack > 1 else None
         self.conformer = Conformer(
             input_dim=d_model,
             num_heads=num_heads,
@@ -65,6 +72,12 @@ class ConformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _trim(x, x_lens)
         h, h_lens = self.subsampling(self.input_norm(x), x_lens)
+        if self.stack is not None:
+            k = self.frame_stack
+            pad = (-h.size(1)) % k
+            h = nn.functional.pad(h, (0, 0, 0, pad))
+            h = self.stack(h.reshape(h.size(0), h.size(1) // k, k * h.size(2)))
+            h_lens = torch.div(h_lens + k - 1, k, rounding_mode="floor")
         h, h_lens = self.conformer(h, h_lens)
         return self.output(h), h_lens
 

@@ -1,0 +1,88 @@
+"""The train_teacher stage on the tiny corpus: real RNN-T training through Lightning, a finite WER
+in the report and the MLflow run, resume after a kill, identical metrics for the same seed."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, compose
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = {"wer", "sparsity", "size_bytes", "emulated_latency_ms"}
+
+
+@pytest.fixture
+def teacher_root(tiny_prepared, tmp_path, monkeypatch):
+    """A fresh repository root holding a copy of the tiny prepared data."""
+    root = tiny_prepared[0]
+    shutil.copytree(root / "data" / "prepare", tmp_path / "data" / "prepare")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _run(overrides=()):
+    from edgeasr.stages.train_teacher import run
+
+    return run(compose(["experiment=tiny", "trainer.progress=false", *overrides]))
+
+
+def test_tiny_teacher_reports_and_is_deterministic(teacher_root):
+    from mlflow.tracking import MlflowClient
+
+    first = _run()
+    report = json.loads((teacher_root / "reports/train_teacher.json").read_text())
+    assert REPORT_KEYS <= set(report) and report == pytest.approx(first)
+    for split in ("dev", "test", "test_noisy", "test_rare"):
+        assert 0 <= report[f"wer/{split}"] < 1000
+        assert (teacher_root / f"data/train_teacher/results/errs-{split}.txt").is_file()
+    assert report["sparsity"] < 0.01 and report["size_bytes"] > 4 * 0.9 * report["params"]
+    assert report["emulated_latency_ms"] > 0 and report["train_steps"] == 30
+    client = MlflowClient(f"sqlite:///{teacher_root}/mlflow.db")
+    run = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
+           if r.info.run_name == "train_teacher"][0]
+    assert REPORT_KEYS <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+    assert client.get_metric_history(run.info.run_id, "val/wer")
+
+    second = _run(["train_teacher.resume=false"])
+    deterministic = {k: v for k, v in first.items() if k != "train_audio_s_per_s"}
+    assert deterministic == {k: v for k, v in second.items() if k != "train_audio_s_per_s"}
+
+
+def test_killed_training_resumes_from_last_checkpoint(teacher_root):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, str(REPO / "pipelines/train_teacher.py"), "experiment=tiny", "trainer.progress=false",
+           "train_teacher.max_steps=60", "train_teacher.checkpoint_every_n_steps=5", "hydra.run.dir=.",
+           "hydra.output_subdir=null"]
+    proc = subprocess.Popen(cmd, cwd=teacher_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = teacher_root / "data/train_teacher/checkpoints/last.ckpt"
+    deadline = time.time() + 180
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, "training finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import torch
+
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < killed_at < 60
+    res = subprocess.run(cmd, cwd=teacher_root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"(step {killed_at})" in res.stdout + res.stderr
+    report = json.loads((teacher_root / "reports/train_teacher.json").read_text())
+    assert report["train_steps"] == 60
+
+    # A different config never resumes a stale checkpoint.
+    res = subprocess.run(cmd[:-2] + ["train_teacher.optimizer.lr=0.0005", "hydra.run.dir=.", "hydra.output_subdir=null"],
+                         cwd=teacher_root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "resuming" not in res.stdout + res.stderr
