@@ -3,7 +3,6 @@ emulated latency on the configured NPU profile."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -85,8 +84,3 @@ def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, 
         "params": int(sum(p.numel() for p in dev.parameters())),
     }
     return metrics, report
-
-
-def median(values: Iterable[float]) -> float:
-    values = list(values)
-    return float(statistics.median(values)) if values else float("nan")
