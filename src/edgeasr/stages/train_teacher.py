@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 STAGE = "train_teacher"
 
 
-def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
+def fingerprint(cfg: DictConfig, keys: list[str], model_cfg) -> str:
     """Hash of the config that determines a training run: checkpoints from another config are never resumed."""
     sub = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    sub["model"] = OmegaConf.to_container(model_cfg, resolve=True)
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -41,7 +42,10 @@ def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
 
 
 def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path):
-    """Shared by the model stages: build, fit (resuming when possible), return (model, lit, callbacks)."""
+    """Shared by the model stages: build, fit (resuming when possible).
+
+    Returns ``(model, datamodule, learning_curve, throughput, trainer)``; the model holds the best
+    (by ``val/wer``) weights."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -64,7 +68,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
                               OmegaConf.to_container(section.specaug) if section.specaug else None)
 
     ckpt_dir = out / "checkpoints"
-    fp = fingerprint(cfg, ["seed", "data", "prepare", "model", stage, "trainer"])
+    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg)
     resume_from = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
     if resume_from:
         resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
