@@ -83,6 +83,6 @@ def test_killed_training_resumes_from_last_checkpoint(teacher_root):
     assert report["train_steps"] == 60
 
     # A different config never resumes a stale checkpoint.
-    res = subprocess.run(cmd[:-2] + ["train_teacher.optimizer.lr=0.0005", "hydra.run.dir=.", "hydra.output_subdir=null"],
+    res = subprocess.run(cmd[:-2] + ["train_teacher.optimizer.lr=0.000123", "hydra.run.dir=.", "hydra.output_subdir=null"],
                          cwd=teacher_root, env=env, capture_output=True, text=True)
     assert res.returncode == 0 and "resuming" not in res.stdout + res.stderr
