@@ -30,7 +30,7 @@ def _require_dir(path, key: str) -> Path:
     return p
 
 
-def prepare_librispeech(cfg: Mapping, output_dir: Path, num_jobs: int = 2) -> Raw:
+def prepare_librispeech(cfg: Mapping, num_jobs: int = 2) -> Raw:
     """``data.parts`` maps our split names to LibriSpeech parts, e.g. ``train: [train-clean-100]``;
     several parts per split are concatenated. Reads ``<part>/<spk>/<chapter>/*.flac`` + ``*.trans.txt``."""
     from lhotse.recipes import prepare_librispeech as lhotse_prepare

@@ -51,7 +51,7 @@ def load_raw(cfg: DictConfig, out: Path, flog: FilterLog):
     from edgeasr.data import sources
 
     if source == "librispeech":
-        return sources.prepare_librispeech(data, out / "raw", num_jobs=cfg.prepare.num_jobs), True
+        return sources.prepare_librispeech(data, num_jobs=cfg.prepare.num_jobs), True
     if source == "folder":
         return sources.prepare_folder(data, flog), True
     if source == "manifests":
