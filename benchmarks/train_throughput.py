@@ -3,7 +3,7 @@ Lightning step against a bare PyTorch loop on the same model and batches (overhe
 greedy / beam decoding real-time factors.
 
 Needs a prepared corpus (`dvc repro prepare`, or `python pipelines/prepare.py experiment=tiny`).
-Usage: python benchmarks/train_throughput.py [--steps 20] [--threads 2] [--models teacher student]
+Usage: python benchmarks/train_throughput.py [--steps 20] [--threads 2] [--models teacher student] [--ddp]
 """
 
 from __future__ import annotations
@@ -50,19 +50,29 @@ def bare_loop(model, data, lr=1e-3, clip=5.0) -> float:
     return audio / (time.perf_counter() - t)
 
 
-def lightning_loop(model, data, decode) -> float:
+def lightning_loop(model, data, decode, devices: int = 1) -> float | None:
+    """Lightning on the same batches. ``devices=2``: DDP over two 1-thread CPU processes (forked;
+    Lightning's DistributedSampler gives each rank half of the batches, so the same total audio).
+    The forked ranks cannot hand callback state back, so rank 0 prints its figure and this returns None."""
     import pytorch_lightning as pl
 
     from edgeasr.training import TransducerLitModule
     from edgeasr.training.callbacks import Throughput
 
+    class Report(Throughput):
+        def on_train_end(self, trainer, pl_module):
+            if devices > 1 and trainer.is_global_zero:
+                print(f"{'':8s} lightning DDP x{devices} (1 thread each) {self.audio_s_per_s:6.1f} audio-s/s", flush=True)
+
     lit = TransducerLitModule(model, decode, {"lr": 1e-3}, {"warmup_steps": 1, "total_steps": len(data)}, None)
-    speed = Throughput()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(data), logger=False, enable_checkpointing=False,
+    speed = Report()
+    steps = len(data) // devices
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp_fork" if devices > 1 else "auto",
+                         max_steps=steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=5.0,
                          callbacks=[speed], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(lit, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None, shuffle=False))
-    return speed.audio_s_per_s
+    return speed.audio_s_per_s if devices == 1 else None
 
 
 @torch.inference_mode()
@@ -87,6 +97,7 @@ def main() -> None:
     ap.add_argument("--max-duration", type=float, default=40.0)
     ap.add_argument("--models", nargs="+", default=["teacher", "student"])
     ap.add_argument("--data", default="data/prepare")
+    ap.add_argument("--ddp", action="store_true", help="also time Lightning DDP with two 1-thread CPU processes")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,6 +113,9 @@ def main() -> None:
         lit = lightning_loop(build(cfg.model[name], dm.tokenizer.vocab_size), data[2:], dm.tokenizer.decode)
         print(f"{name:8s} {params:5.2f} M params  bare {bare:6.1f} audio-s/s  lightning {lit:6.1f} audio-s/s  "
               f"overhead {100 * (bare / lit - 1):+5.1f} %")
+        if args.ddp:
+            lightning_loop(build(cfg.model[name], dm.tokenizer.vocab_size), data[2:], dm.tokenizer.decode, devices=2)
+            torch.set_num_threads(args.threads)
         print(f"{'':8s} decode RTF: greedy {decode_rtf(model, data, 'greedy'):.4f}  beam4 {decode_rtf(model, data, 'beam'):.4f}")
 
 

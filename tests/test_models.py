@@ -120,10 +120,11 @@ def test_lstm_predictor_step_equals_forward():
     assert torch.equal(merged[0][:, 0], state[0][:, 1])
 
 
+@pytest.mark.parametrize("stack", [1, 2, 3])
 @pytest.mark.parametrize("chunk", [1, 13, 16, 37])
-def test_lstm_encoder_chunked_infer_equals_forward(chunk):
+def test_lstm_encoder_chunked_infer_equals_forward(chunk, stack):
     torch.manual_seed(0)
-    enc = LstmEncoder(F_IN, hidden=16, num_layers=3, output_dim=J, subsampling_channels=4).eval()
+    enc = LstmEncoder(F_IN, hidden=16, num_layers=3, output_dim=J, subsampling_channels=4, frame_stack=stack).eval()
     lens = torch.tensor([83, 60, 7, 31])
     x = torch.randn(4, 83, F_IN) * 3 + 5
     with torch.no_grad():
@@ -141,11 +142,12 @@ def test_lstm_encoder_chunked_infer_equals_forward(chunk):
         assert torch.allclose(got, ref[i, : ref_lens[i]], atol=1e-5)
 
 
-def test_lstm_encoder_streaming_forward_with_overlapping_windows():
+@pytest.mark.parametrize("stack", [1, 2])
+def test_lstm_encoder_streaming_forward_with_overlapping_windows(stack):
     """sherpa-onnx's contract: windows of 4k+3 frames advanced by 4k, only (x, h, c) carried."""
     torch.manual_seed(0)
-    enc = LstmEncoder(F_IN, hidden=16, num_layers=2, output_dim=J, subsampling_channels=4).eval()
-    k, T = 4, 4 * 4 * 5 + 3
+    enc = LstmEncoder(F_IN, hidden=16, num_layers=2, output_dim=J, subsampling_channels=4, frame_stack=stack).eval()
+    k, T = 4 * stack, 4 * 4 * stack * 5 + 3
     x = torch.randn(1, T, F_IN)
     with torch.no_grad():
         ref, _ = enc(x, torch.tensor([T]))

@@ -487,6 +487,23 @@ class StageRun:
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH])
 
+    @contextmanager
+    def nested(self, name: str) -> Iterator["StageRun"]:
+        """A run nested under this stage's run (``<stage>/<name>``), e.g. a baseline trained inside
+        the stage, so the MLflow UI shows its curves apart from the main model's. Use its
+        ``log_metrics``/``log_artifact``; the stage's report stays on the stage run."""
+        tags = {TAG_KIND: "stage_part", TAG_STAGE: self.stage, PARENT_RUN_TAG: self.run_id,
+                "mlflow.source.name": f"pipelines/{self.stage}.py"}
+        child = self.client.create_run(self.experiment_id, tags=_default_tags(tags), run_name=f"{self.stage}/{name}")
+        run = StageRun(self.client, child.info.run_id, self.run_id, f"{self.stage}.{name}", uri=self.tracking_uri,
+                       experiment_id=self.experiment_id, invocation_key=self.invocation, root=self.root)
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(run.run_id, status)
+
     def __repr__(self) -> str:
         return f"StageRun(stage={self.stage!r}, run_id={self.run_id!r}, parent={self.parent_run_id!r})"
 

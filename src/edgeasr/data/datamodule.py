@@ -26,21 +26,37 @@ class AsrDataset(Dataset):
     Returns:
         features: ``(N, T, F)`` float32, zero-padded
         feature_lens: ``(N,)`` int64
-        tokens: list of N token-id lists (empty for unlabeled cuts)
+        tokens: list of N token-id lists (empty for unlabeled cuts; a pseudo-labeled cut carries
+            its teacher's ids in ``supervision.custom["tokens"]``)
         texts: list of N transcripts (``None`` for unlabeled cuts)
         cut_ids: list of N cut ids
+        teacher_logp, teacher_lens: only with ``targets`` (distillation): see
+            :func:`edgeasr.training.distill.collate_targets`
     """
 
-    def __init__(self, tokenizer: Tokenizer | None = None):
+    def __init__(self, tokenizer: Tokenizer | None = None, targets=None):
         self.tokenizer = tokenizer
+        self.targets = targets
+
+    def _tokens(self, cut) -> list[int]:
+        sup = cut.supervisions[0] if cut.supervisions else None
+        if sup is None:
+            return []
+        if sup.custom and "tokens" in sup.custom:
+            return [int(t) for t in sup.custom["tokens"]]
+        return self.tokenizer.encode(sup.text) if (sup.text and self.tokenizer) else []
 
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
         feats, lens = collate_features(cuts)
-        texts = [c.supervisions[0].text if c.supervisions else None for c in cuts]
-        tokens = [self.tokenizer.encode(t) if (t and self.tokenizer) else [] for t in texts]
-        return {"features": feats, "feature_lens": lens.long(), "tokens": tokens, "texts": texts,
-                "cut_ids": [c.id for c in cuts]}
+        batch = {"features": feats, "feature_lens": lens.long(), "tokens": [self._tokens(c) for c in cuts],
+                 "texts": [c.supervisions[0].text if c.supervisions else None for c in cuts],
+                 "cut_ids": [c.id for c in cuts]}
+        if self.targets is not None:
+            from edgeasr.training.distill import collate_targets
+
+            batch["teacher_logp"], batch["teacher_lens"] = collate_targets(self.targets, batch["cut_ids"])
+        return batch
 
 
 class AsrDataModule(pl.LightningDataModule):
@@ -69,26 +85,62 @@ class AsrDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{path} not found; run the prepare stage (`dvc repro prepare`)")
         return CutSet.from_file(path)
 
-    def _loader(self, cuts: CutSet, train: bool) -> DataLoader:
+    def _bucketing(self, cuts: CutSet, max_duration: float) -> DynamicBucketingSampler:
+        # Eager CutSets on purpose: our corpora fit in memory and an eager set shuffles fully.
+        warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
+        return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, num_buckets=self.num_buckets,
+                                       seed=self.seed, drop_last=False)
+
+    def _loader(self, cuts: CutSet, train: bool, sampler=None, dataset: AsrDataset | None = None) -> DataLoader:
         # Lightning calls sampler.set_epoch, so lhotse reshuffles every epoch.
-        if train:
-            # Eager CutSets on purpose: our corpora fit in memory and an eager set shuffles fully.
-            warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
-            sampler = DynamicBucketingSampler(cuts, max_duration=self.max_duration, shuffle=True,
-                                              num_buckets=self.num_buckets, seed=self.seed, drop_last=False)
-        else:
-            sampler = SimpleCutSampler(cuts, max_duration=self.max_duration, shuffle=False)
-        return DataLoader(AsrDataset(self.tokenizer), sampler=sampler, batch_size=None,
+        if sampler is None:
+            sampler = (self._bucketing(cuts, self.max_duration) if train
+                       else SimpleCutSampler(cuts, max_duration=self.max_duration, shuffle=False))
+        return DataLoader(dataset or AsrDataset(self.tokenizer), sampler=sampler, batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_cuts(self) -> CutSet:
         present = [s for s in self.train_splits if (self.manifest_dir / f"cuts_{s}.jsonl.gz").is_file()]
-        cuts = CutSet.from_cuts(c for s in present for c in self.cuts(s))
-        return self._loader(cuts, train=True)
+        return CutSet.from_cuts(c for s in present for c in self.cuts(s))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_cuts(), train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.cuts(self.val_split), train=False)
 
     def split_dataloader(self, split: str) -> DataLoader:
         return self._loader(self.cuts(split), train=False)
+
+    def cuts_dataloader(self, cuts: CutSet, max_duration: float | None = None) -> DataLoader:
+        """Ordered, unshuffled batches of any CutSet (inference over it)."""
+        sampler = SimpleCutSampler(cuts, max_duration=max_duration or self.max_duration, shuffle=False)
+        return self._loader(cuts, train=False, sampler=sampler)
+
+
+class DistillDataModule(AsrDataModule):
+    """Training batches that mix labeled cuts with pseudo-labeled unlabeled cuts, with teacher targets.
+
+    Each batch holds ``(1 - unlabeled_ratio) * max_duration`` seconds of labeled audio and
+    ``unlabeled_ratio * max_duration`` seconds of pseudo-labeled audio (lhotse ``ZipSampler`` over
+    two bucketing samplers). ``unlabeled_ratio = 0`` or no pseudo cuts: labeled batches only.
+
+    Args:
+        pseudo_cuts: unlabeled cuts whose supervision carries the teacher's text and ``custom["tokens"]``.
+        targets: ``{cut_id: (T, U+1, 3)}`` teacher targets, or ``None`` (no distillation).
+    """
+
+    def __init__(self, *args, pseudo_cuts: CutSet | None = None, targets=None, unlabeled_ratio: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= unlabeled_ratio < 1.0:
+            raise ValueError(f"unlabeled_ratio must be in [0, 1), got {unlabeled_ratio}")
+        self.pseudo_cuts, self.targets, self.unlabeled_ratio = pseudo_cuts, targets, float(unlabeled_ratio)
+
+    def train_dataloader(self) -> DataLoader:
+        from lhotse.dataset.sampling import ZipSampler
+
+        r = self.unlabeled_ratio if self.pseudo_cuts is not None and len(self.pseudo_cuts) else 0.0
+        labeled = self._bucketing(self.train_cuts(), self.max_duration * (1 - r))
+        sampler = labeled if r == 0 else ZipSampler(labeled, self._bucketing(self.pseudo_cuts, self.max_duration * r))
+        return self._loader(None, train=True, sampler=sampler, dataset=AsrDataset(self.tokenizer, self.targets))
 

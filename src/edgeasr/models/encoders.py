@@ -24,6 +24,19 @@ def _trim(x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
     return x[:, : int(x_lens.max())]
 
 
+def stack_frames(h: torch.Tensor, h_lens: torch.Tensor, k: int, proj: nn.Module, ceil: bool):
+    """Frame-rate reduction: k consecutive frames ``(N, T, D)`` -> one ``(N, T/k, D)`` frame via ``proj``
+    (Linear(kD, D)). ``ceil`` zero-pads a trailing partial group (offline teacher); otherwise it is
+    dropped (streaming student: a chunk never has to wait for frames that may not come)."""
+    if ceil:
+        h = nn.functional.pad(h, (0, 0, 0, (-h.size(1)) % k))
+        h_lens = torch.div(h_lens + k - 1, k, rounding_mode="floor")
+    else:
+        h = h[:, : (h.size(1) // k) * k]
+        h_lens = torch.div(h_lens, k, rounding_mode="floor")
+    return proj(h.reshape(h.size(0), h.size(1) // k, k * h.size(2))), h_lens
+
+
 class ConformerEncoder(nn.Module):
     """Input norm -> Conv2dSubsampling (4x) -> torchaudio Conformer -> Linear(d_model, output_dim).
 
@@ -73,11 +86,7 @@ class ConformerEncoder(nn.Module):
         x = _trim(x, x_lens)
         h, h_lens = self.subsampling(self.input_norm(x), x_lens)
         if self.stack is not None:
-            k = self.frame_stack
-            pad = (-h.size(1)) % k
-            h = nn.functional.pad(h, (0, 0, 0, pad))
-            h = self.stack(h.reshape(h.size(0), h.size(1) // k, k * h.size(2)))
-            h_lens = torch.div(h_lens + k - 1, k, rounding_mode="floor")
+            h, h_lens = stack_frames(h, h_lens, self.frame_stack, self.stack, ceil=True)
         h, h_lens = self.conformer(h, h_lens)
         return self.output(h), h_lens
 
@@ -86,8 +95,9 @@ class LstmState(NamedTuple):
     """Streaming state of :class:`LstmEncoder`.
 
     h, c: (num_layers, N, hidden) LSTM states (sherpa-onnx's ``state0``/``state1``).
-    frames: (N, 6, F) raw input frames received but not yet consumed by the convolutions (at most
-    receptive field - 1 = 6); frame_lens: (N,) how many of them are valid.
+    frames: (N, 6 + 4(k-1), F) raw input frames received but not yet consumed (the convolutions'
+    receptive field - 1, plus an incomplete group of k stacked frames); frame_lens: (N,) how many
+    of them are valid.
     """
 
     h: torch.Tensor
@@ -99,14 +109,15 @@ class LstmState(NamedTuple):
 class LstmEncoder(nn.Module):
     """Streaming unidirectional student encoder.
 
-    Input norm -> Conv2dSubsampling (4x, to ``hidden``) -> ``num_layers`` x [x + Dropout(LSTM(LayerNorm(x)))]
-    -> LayerNorm -> Linear(hidden, output_dim). A plain stack of LSTMs never learned from audio in
+    Input norm -> Conv2dSubsampling (4x, to ``hidden``) -> optional stacking of ``frame_stack``
+    frames (Linear(k hidden, hidden); a trailing partial group is dropped) -> ``num_layers`` x
+    [x + Dropout(LSTM(LayerNorm(x)))] -> LayerNorm -> Linear(hidden, output_dim). A plain stack of LSTMs never learned from audio in
     our budget; pre-norm residual blocks did (NOTES.md §7).
 
     * ``forward(x, x_lens)``: whole utterances, for training.
     * ``infer(x, x_lens, state)``: chunk by chunk; any chunking gives the same output as ``forward``.
     * ``streaming_forward(x, h, c)``: one fixed chunk with no frame cache (the caller overlaps
-      chunks by 3 frames: ``T = 4k + 3`` input frames -> ``k`` output frames), the shape
+      chunks by 3 frames: ``T = 4 s m + 3`` input frames -> ``m`` output frames, s = frame_stack), the shape
       sherpa-onnx's LSTM ``OnlineRecognizer`` drives (x, state0, state1) -> (out, state0, state1).
     """
 
@@ -121,6 +132,7 @@ class LstmEncoder(nn.Module):
         subsampling_channels: int = 64,
         dropout: float = 0.1,
         input_norm: str = "layer",
+        frame_stack: int = 1,
     ):
         super().__init__()
         self.input_dim = input_dim
@@ -129,6 +141,9 @@ class LstmEncoder(nn.Module):
         self.output_dim = output_dim
         self.input_norm = InputNorm(input_dim, input_norm)
         self.subsampling = Conv2dSubsampling(input_dim, hidden, subsampling_channels)
+        self.frame_stack = int(frame_stack)
+        self.subsampling_factor = 4 * self.frame_stack
+        self.stack = nn.Linear(hidden * self.frame_stack, hidden) if self.frame_stack > 1 else None
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
         # One nn.LSTM per layer (not num_layers=L) so norm + residual can sit between layers.
         self.lstms = nn.ModuleList(nn.LSTM(hidden, hidden, batch_first=True) for _ in range(num_layers))
@@ -143,10 +158,16 @@ class LstmEncoder(nn.Module):
         Padding is left in: a unidirectional LSTM's valid outputs never see the frames after them.
         """
         x = _trim(x, x_lens)
-        h, h_lens = self.subsampling(self.input_norm(x), x_lens)
+        h, h_lens = self._subsample(x, x_lens)
         for norm, lstm in zip(self.norms, self.lstms):
             h = h + self.dropout(lstm(norm(h))[0])
         return self.output(self.final_norm(h)), h_lens
+
+    def _subsample(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, h_lens = self.subsampling(self.input_norm(x), x_lens)
+        if self.stack is not None:
+            h, h_lens = stack_frames(h, h_lens, self.frame_stack, self.stack, ceil=False)
+        return h, h_lens
 
     # ---- streaming ------------------------------------------------------------------------
     def init_state(self, batch_size: int = 1, device=None, dtype: torch.dtype = torch.float32) -> LstmState:
@@ -156,18 +177,18 @@ class LstmEncoder(nn.Module):
         return LstmState(
             z,
             z.clone(),
-            torch.zeros(batch_size, rf - 1, self.input_dim, device=device, dtype=dtype),
+            torch.zeros(batch_size, rf - 1 + 4 * (self.frame_stack - 1), self.input_dim, device=device, dtype=dtype),
             torch.zeros(batch_size, dtype=torch.int64, device=device),
         )
 
     def streaming_forward(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One full chunk, every row valid. x: (N, T, F), T >= 7; h, c: (num_layers, N, hidden).
+        """One full chunk, every row valid. x: (N, T, F), T >= 4 s + 3; h, c: (num_layers, N, hidden).
 
         Returns out (N, T', output_dim), new h, new c. Export-friendly (no Python control flow on values).
         """
-        y, _ = self.subsampling(self.input_norm(x), torch.full((x.size(0),), x.size(1), device=x.device))
+        y, _ = self._subsample(x, torch.full((x.size(0),), x.size(1), device=x.device))
         hs, cs = [], []
         for i, (norm, lstm) in enumerate(zip(self.norms, self.lstms)):
             o, (hi, ci) = lstm(norm(y), (h[i : i + 1], c[i : i + 1]))
@@ -200,12 +221,15 @@ class LstmEncoder(nn.Module):
         buf = torch.gather(both, 1, src.unsqueeze(-1).expand(n, width, x.size(2)))
         buf = buf * (pos < total[:, None]).unsqueeze(-1).to(buf.dtype)
 
-        out_lens = frames_after_subsampling(total).clamp(min=0)
+        k = self.frame_stack
+        out_lens = torch.div(frames_after_subsampling(total).clamp(min=0), k, rounding_mode="floor")
         h, c = state.h, state.c
         kmax = int(out_lens.max())
         if kmax > 0:
             y, _ = self.subsampling(self.input_norm(buf), total)
-            y = y[:, :kmax]
+            y = y[:, : kmax * k]
+            if self.stack is not None:
+                y = self.stack(y.reshape(n, kmax, k * y.size(2)))
             rows = (out_lens > 0).nonzero().squeeze(1)
             yr, lens_r = y[rows], out_lens[rows].cpu()
             h, c = h.clone(), c.clone()
@@ -222,7 +246,7 @@ class LstmEncoder(nn.Module):
         else:
             out = x.new_zeros(n, 0, self.output_dim)
 
-        # Keep the frames from the next output's first input frame (4k) on: 3..6 of them.
+        # Keep the frames from the next output's first input frame (4 k out_len) on: at most 6 + 4(k-1).
         keep = cache.size(1)
         start = self.subsampling_factor * out_lens
         idx = (start[:, None] + torch.arange(keep, device=x.device)[None]).clamp(max=width - 1)

@@ -41,8 +41,15 @@ def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
     return None
 
 
-def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path):
+def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path, *,
+                     datamodule=None, lit_factory=None, name: str = "", run_id: str | None = None,
+                     fingerprint_extra: str = ""):
     """Shared by the model stages: build, fit (resuming when possible).
+
+    ``datamodule`` (default: an :class:`AsrDataModule` from ``section``) and ``lit_factory(model,
+    datamodule, section) -> LightningModule`` (default: :class:`TransducerLitModule`) let a stage
+    change what is trained on and how; ``name`` separates the checkpoints of several trainings in
+    one stage; ``run_id`` is the MLflow run the Lightning logger writes to (default the stage's).
 
     Returns ``(model, datamodule, learning_curve, throughput, trainer)``; the model holds the best
     (by ``val/wer``) weights."""
@@ -51,29 +58,23 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from edgeasr.data.datamodule import AsrDataModule
     from edgeasr.models import build_transducer
     from edgeasr.tracking import tracking_uri
-    from edgeasr.training import TransducerLitModule
     from edgeasr.training.callbacks import LearningCurve, Throughput
 
     torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
-    prep = Path(cfg.paths.data_dir) / "prepare"
-    dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=list(section.train_splits),
-                       max_duration=section.batch_max_duration, num_buckets=section.num_buckets, seed=int(cfg.seed))
+    dm = datamodule if datamodule is not None else stage_datamodule(cfg, section)
     model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
-    sched = {**section.scheduler, "total_steps": int(section.max_steps)}
-    lit = TransducerLitModule(model, dm.tokenizer.decode, section.optimizer, sched,
-                              OmegaConf.to_container(section.specaug) if section.specaug else None)
+    lit = (lit_factory or default_lit)(model, dm, section)
 
-    ckpt_dir = out / "checkpoints"
-    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg)
+    ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
+    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg) + fingerprint_extra + name
     resume_from = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
     if resume_from:
         resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
-        log.info("resuming %s from %s (step %d)", stage, resume_from, resumed_step)
-        tracker.set_tags({"resumed_from_step": resumed_step})
+        log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
+        tracker.set_tags({f"resumed_from_step{'.' + name if name else ''}": resumed_step})
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1,
                            save_on_train_epoch_end=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
@@ -84,7 +85,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
-        logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=tracker.run_id),
+        logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=run_id or tracker.run_id),
         callbacks=[best, last, curve, speed], use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)), default_root_dir=str(out),
         deterministic="warn",
@@ -96,8 +97,47 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     return model, dm, curve, speed, trainer
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
+    """The DataModule over the prepare stage's manifests with the section's batching."""
+    from edgeasr.data.datamodule import AsrDataModule
+
+    prep = Path(cfg.paths.data_dir) / "prepare"
+    return (cls or AsrDataModule)(prep / "manifests", prep / "tokenizer" / "bpe.model",
+                                  train_splits=list(section.train_splits), max_duration=section.batch_max_duration,
+                                  num_buckets=section.num_buckets, seed=int(cfg.seed), **kwargs)
+
+
+def default_lit(model, dm, section: DictConfig):
+    from edgeasr.training import TransducerLitModule
+
+    return TransducerLitModule(model, dm.tokenizer.decode, section.optimizer, scheduler_cfg(section),
+                               OmegaConf.to_container(section.specaug) if section.specaug else None)
+
+
+def scheduler_cfg(section: DictConfig) -> dict:
+    return {**section.scheduler, "total_steps": int(section.max_steps)}
+
+
+def report_model(stage: str, cfg: DictConfig, tracker, model, dm, section: DictConfig, results: Path, bits: int = 32,
+                 prefix: str = "") -> tuple[dict, object]:
+    """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
+    ``(metrics, cost_report)`` with keys prefixed by ``prefix``."""
     from edgeasr.evaluation import evaluate_splits, model_metrics
+
+    metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
+    cost_metrics, cost = model_metrics(model, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)
+    metrics.update(cost_metrics)
+    return {f"{prefix}{k}": v for k, v in metrics.items()}, cost
+
+
+def log_training(stage: str, tracker, curve, results: Path, name: str = "") -> None:
+    (results / f"learning_curve{'_' + name if name else ''}.json").write_text(json.dumps(curve.points, indent=1))
+    if curve.points:
+        tracker.log_figure(curve.figure(f"{stage}{' ' + name if name else ''}: dev WER vs time"),
+                           f"learning_curve{'_' + name if name else ''}.png")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.models.io import save_model
     from edgeasr.tracking import stage_run
 
@@ -111,17 +151,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
 
         results = out / "results"
-        metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
-        cost_metrics, cost = model_metrics(model, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=32)
-        metrics.update(cost_metrics)
+        metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results)
         metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
         metrics["train_steps"] = int(trainer.global_step)
         tracker.log_report(metrics)
 
-        (results / "learning_curve.json").write_text(json.dumps(curve.points, indent=1))
+        log_training(STAGE, tracker, curve, results)
         (results / "cost_table.txt").write_text(cost.table() + "\n")
-        if curve.points:
-            tracker.log_figure(curve.figure(f"{STAGE}: dev WER vs time"), "learning_curve.png")
         for f in sorted(results.iterdir()):
             tracker.log_artifact(f, "results")
         tracker.log_artifact(out / "model.pt", "model")

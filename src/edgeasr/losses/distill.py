@@ -1,0 +1,61 @@
+"""Collapsed-distribution RNN-T distillation (Panchapagesan et al., 2021).
+
+At every node (t, u) of the RNN-T lattice along a target sequence y, the V-way output
+distribution is collapsed to three events: emit the next target label y_{u+1}, emit blank, or
+emit anything else. The student matches the teacher's 3-way distribution by KL(teacher || student)
+summed over the valid nodes. At u = U (all labels emitted) there is no next label: the event has
+probability 0 for both models and the KL is over {blank, rest}.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LABEL, BLANK, REST = 0, 1, 2
+
+
+def collapsed_log_probs(logits: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor, blank: int = 0) -> torch.Tensor:
+    """Raw joiner logits ``(N, T, U+1, V)`` and padded targets ``y (N, U)``, ``y_lens (N,)`` ->
+    log-probabilities ``(N, T, U+1, 3)`` of [next label, blank, rest] (float32).
+
+    ``log P(rest)`` is a logsumexp over the other V-2 symbols, so it is exact and stable.
+    """
+    logits = logits.float()
+    n, t, u1, v = logits.shape
+    if y.size(1) != u1 - 1:
+        raise ValueError(f"logits have U+1={u1} label positions but y has U={y.size(1)}")
+    lse = torch.logsumexp(logits, dim=-1)  # (N, T, U+1)
+    # Next label at node u is y[u]; at u = U use blank as a placeholder (masked to -inf below).
+    nxt = torch.cat([y, y.new_full((n, 1), blank)], dim=1).clamp(min=0)  # (N, U+1)
+    has_label = torch.arange(u1, device=y.device)[None] < y_lens[:, None]  # (N, U+1)
+    idx = nxt[:, None, :, None].expand(n, t, u1, 1)
+    l_label = logits.gather(-1, idx).squeeze(-1)
+    l_blank = logits[..., blank]
+    masked = logits.scatter(-1, idx, float("-inf"))
+    masked[..., blank] = float("-inf")
+    l_rest = torch.logsumexp(masked, dim=-1)
+    ninf = torch.tensor(float("-inf"), device=logits.device)
+    l_label = torch.where(has_label[:, None, :], l_label, ninf)
+    return torch.stack([l_label, l_blank, l_rest], dim=-1) - lse.unsqueeze(-1)
+
+
+def node_mask(t_lens: torch.Tensor, y_lens: torch.Tensor, t_max: int, u_max: int) -> torch.Tensor:
+    """``(N, t_max, u_max + 1)`` bool: node (t, u) exists for utterance n (t < T_n, u <= U_n)."""
+    t_ok = torch.arange(t_max, device=t_lens.device)[None] < t_lens[:, None]
+    u_ok = torch.arange(u_max + 1, device=y_lens.device)[None] <= y_lens[:, None]
+    return t_ok[:, :, None] & u_ok[:, None, :]
+
+
+def collapsed_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed KL(teacher || student) over the nodes where ``mask`` is True.
+
+    teacher_logp, student_logp: ``(N, T, U+1, 3)`` log-probabilities; mask: ``(N, T, U+1)``.
+    Events with teacher probability 0 contribute 0 (the u = U label slot). The teacher side is
+    detached: gradients flow into the student only.
+    """
+    tl = teacher_logp.detach().float()
+    p = tl.exp()
+    present = p > 0
+    diff = torch.where(present, tl - student_logp, torch.zeros_like(student_logp))
+    kl = (p * diff).sum(-1)
+    return (kl * mask.to(kl.dtype)).sum()

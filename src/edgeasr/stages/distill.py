@@ -1,0 +1,212 @@
+"""The ``distill`` stage: a small streaming LSTM student learns from the frozen teacher on
+labeled and unlabeled audio (Panchapagesan et al., 2021).
+
+1. Pseudo-labels: the teacher's modified beam search on ``unlabeled``; a hypothesis is kept when
+   its posterior within the N-best is at least ``pseudo_labels.min_confidence``. Their WER against
+   the scoring-only transcripts is logged (the training code never reads those).
+2. Teacher targets: the collapsed {next label, blank, rest} distribution at every (t, u) node
+   along each training target (ground truth on labeled cuts, the pseudo-label on unlabeled ones),
+   computed ONCE and cached in memory. Why cached: features are fixed (no SpecAugment, the
+   augmented copies are pre-rendered) so targets never change, and the student sees each cut more
+   than once in its budget; one teacher pass over the data costs less than a teacher forward per
+   student step (both timings are reported: ``teacher_targets_s`` against ``student step`` time).
+3. A labels-only baseline (``kd_weight`` 0, no unlabeled audio, same steps) when ``baseline``.
+4. The distilled student: RNN-T (+CTC) + ``kd_weight`` x KL on batches mixing labeled and
+   pseudo-labeled audio at ``unlabeled_ratio``.
+
+Outputs: ``data/distill/model.pt``, ``data/distill/results/`` (recogs/errs per split, pseudo-label
+recogs/errs, learning curves), ``data/distill/checkpoints/``, ``reports/distill.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .train_teacher import log_training, report_model, scheduler_cfg, stage_datamodule, train_transducer
+
+log = logging.getLogger(__name__)
+
+STAGE = "distill"
+
+
+def pseudo_label(teacher, dm, cuts, beam: int, min_confidence: float, max_duration: float, results: Path,
+                 scoring: dict[str, str] | None = None, progress: bool = True):
+    """Teacher N-best on ``cuts``; returns ``(pseudo_cuts, metrics)``.
+
+    A kept cut's supervision gets the best hypothesis as ``text`` and its ids in
+    ``custom["tokens"]`` (with ``custom["confidence"]``). Empty hypotheses and those under
+    ``min_confidence`` are dropped and counted. ``scoring`` (supervision id -> transcript) gives
+    the pseudo-label WER, over all cuts and over the kept ones.
+    """
+    import torch
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+    from rich.progress import Progress
+
+    from edgeasr.decoding import modified_beam_search
+    from edgeasr.metrics import WerAccumulator
+
+    teacher.eval()
+    by_id = {c.id: c for c in cuts}
+    kept, acc_all, acc_kept = [], WerAccumulator(), WerAccumulator()
+    dropped = {"empty": 0, "low_confidence": 0}
+    total = sum(c.duration for c in cuts)
+    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
+        task = bar.add_task("pseudo-labels (teacher beam search)", total=total)
+        for b in dm.cuts_dataloader(cuts, max_duration):
+            enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
+            for cut_id, nbest in zip(b["cut_ids"], modified_beam_search(teacher, enc, enc_lens, beam=beam)):
+                best = nbest[0]
+                lse = torch.logsumexp(torch.tensor([h.log_prob for h in nbest]), 0).item()
+                conf = math.exp(best.log_prob - lse)
+                text = dm.tokenizer.decode(best.tokens)
+                cut = by_id[cut_id]
+                sup = cut.supervisions[0]
+                if scoring is not None and sup.id in scoring:
+                    acc_all.update([scoring[sup.id]], [text], ids=[cut_id])
+                if not best.tokens:
+                    dropped["empty"] += 1
+                    continue
+                if conf < min_confidence:
+                    dropped["low_confidence"] += 1
+                    continue
+                if scoring is not None and sup.id in scoring:
+                    acc_kept.update([scoring[sup.id]], [text], ids=[cut_id])
+                custom = {**(sup.custom or {}), "tokens": list(best.tokens), "confidence": round(conf, 4)}
+                kept.append(fastcopy(cut, supervisions=[fastcopy(sup, text=text, custom=custom)]))
+            bar.advance(task, float(b["feature_lens"].sum()) * 0.01)
+    metrics = {"pseudo/kept": len(kept), "pseudo/dropped_empty": dropped["empty"],
+               "pseudo/dropped_low_confidence": dropped["low_confidence"],
+               "pseudo/kept_hours": round(sum(c.duration for c in kept) / 3600, 4)}
+    if acc_all.words:
+        acc_all.write_recogs(results / "recogs-pseudo.txt")
+        acc_all.write_errs(results / "errs-pseudo.txt")
+        metrics["pseudo/wer"] = round(acc_all.wer, 4)
+    if acc_kept.words:
+        metrics["pseudo/wer_kept"] = round(acc_kept.wer, 4)
+    log.info("pseudo-labels: kept %d of %d unlabeled cuts (%s dropped)", len(kept), len(cuts), dropped)
+    return CutSet.from_cuts(kept), metrics
+
+
+def _scoring_transcripts(prep: Path) -> dict[str, str] | None:
+    path = prep / "scoring" / "supervisions_unlabeled.jsonl.gz"
+    if not path.is_file():
+        return None
+    from lhotse import SupervisionSet
+
+    return {s.id: s.text for s in SupervisionSet.from_file(path) if s.text}
+
+
+def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool):
+    from rich.progress import Progress
+
+    from edgeasr.training.distill import teacher_targets
+
+    total = sum(c.duration for c in cuts)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("teacher targets", total=total)
+        return teacher_targets(teacher, dm.cuts_dataloader(cuts, max_duration), lambda s: bar.advance(task, s))
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    from lhotse import CutSet
+
+    from edgeasr.data.datamodule import DistillDataModule
+    from edgeasr.models.io import load_model, save_model
+    from edgeasr.tracking import stage_run
+    from edgeasr.training.distill import DistillLitModule
+
+    section = cfg[STAGE]
+    data_dir = Path(cfg.paths.data_dir)
+    out = data_dir / STAGE
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    progress = bool(cfg.trainer.get("progress", True))
+    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "model", "trainer", "hw", STAGE]), resolve=True)
+    params.get("model", {}).pop("teacher", None)
+
+    def lit_factory(kd_weight: float):
+        def make(model, dm, sec):
+            return DistillLitModule(model, dm.tokenizer.decode, sec.optimizer, scheduler_cfg(sec),
+                                    OmegaConf.to_container(sec.specaug) if sec.specaug else None, kd_weight=kd_weight)
+        return make
+
+    with stage_run(STAGE, cfg, params=params) as tracker:
+        import torch
+
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+        teacher_path = data_dir / "train_teacher" / "model.pt"
+        teacher, _ = load_model(teacher_path)
+        # Checkpoints of a student distilled from another teacher are never resumed.
+        teacher_fp = hashlib.sha256(teacher_path.read_bytes()).hexdigest()[:16]
+        dm = stage_datamodule(cfg, section)
+        metrics: dict[str, float] = {}
+        pl_cfg = section.pseudo_labels
+
+        t0 = time.perf_counter()
+        unlabeled = dm.cuts("unlabeled") if section.unlabeled_ratio > 0 else CutSet.from_cuts([])
+        pseudo, pl_metrics = pseudo_label(teacher, dm, unlabeled, int(pl_cfg.beam), float(pl_cfg.min_confidence),
+                                          float(pl_cfg.batch_max_duration), results,
+                                          _scoring_transcripts(data_dir / "prepare"), progress)
+        metrics.update(pl_metrics)
+        metrics["pseudo_label_s"] = round(time.perf_counter() - t0, 2)
+        pseudo.to_file(out / "pseudo_labels.jsonl.gz")
+
+        targets = None
+        if section.kd_weight > 0:
+            t0 = time.perf_counter()
+            cuts = CutSet.from_cuts([*dm.train_cuts(), *pseudo])
+            targets = _teacher_targets(teacher, dm, cuts, float(pl_cfg.batch_max_duration), progress)
+            metrics["teacher_targets_s"] = round(time.perf_counter() - t0, 2)
+            metrics["teacher_targets_mb"] = round(sum(t.numel() * 2 for t in targets.values()) / 2**20, 2)
+        del teacher
+
+        if section.baseline:
+            with tracker.nested("baseline") as base_run:
+                base_dm = stage_datamodule(cfg, section, DistillDataModule)
+                base, _, base_curve, base_speed, base_trainer = train_transducer(
+                    cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=base_dm,
+                    lit_factory=lit_factory(0.0), name="baseline", run_id=base_run.run_id)
+                base_metrics, _ = report_model(STAGE, cfg, tracker, base, base_dm, section, results / "baseline")
+                base_run.log_metrics(base_metrics)
+                log_training(STAGE, tracker, base_curve, results, "baseline")
+            metrics.update({f"baseline/{k}": v for k, v in base_metrics.items() if k.startswith("wer")})
+
+        dm = stage_datamodule(cfg, section, DistillDataModule, pseudo_cuts=pseudo, targets=targets,
+                              unlabeled_ratio=float(section.unlabeled_ratio))
+        model, dm, curve, speed, trainer = train_transducer(
+            cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
+            lit_factory=lit_factory(float(section.kd_weight)), name="student",
+            fingerprint_extra=teacher_fp)
+        model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
+        save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
+
+        student_metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results)
+        metrics.update(student_metrics)
+        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
+        metrics["train_steps"] = int(trainer.global_step)
+        teacher_report = Path(tracker.root) / "reports" / "train_teacher.json"
+        if teacher_report.is_file() and "wer/test" in metrics:
+            t_wer = json.loads(teacher_report.read_text()).get("wer/test")
+            if t_wer:
+                metrics["teacher/wer/test"] = t_wer
+                metrics["wer_ratio_to_teacher"] = round(metrics["wer/test"] / t_wer, 4)
+        if "baseline/wer/test" in metrics and metrics["baseline/wer/test"] > 0:
+            metrics["rel_improvement_over_baseline"] = round(1 - metrics["wer/test"] / metrics["baseline/wer/test"], 4)
+        tracker.log_report(metrics)
+
+        log_training(STAGE, tracker, curve, results)
+        (results / "cost_table.txt").write_text(cost.table() + "\n")
+        for f in sorted(results.rglob("*")):
+            if f.is_file():
+                tracker.log_artifact(f, str(Path("results") / f.parent.relative_to(results)).rstrip("/."))
+        tracker.log_artifact(out / "model.pt", "model")
+        log.info("%s: %s", STAGE, metrics)
+    return metrics
