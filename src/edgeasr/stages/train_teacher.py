@@ -43,13 +43,15 @@ def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
 
 def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path, *,
                      datamodule=None, lit_factory=None, name: str = "", run_id: str | None = None,
-                     fingerprint_extra: str = ""):
+                     fingerprint_extra: str = "", model=None, callbacks=()):
     """Shared by the model stages: build, fit (resuming when possible).
 
     ``datamodule`` (default: an :class:`AsrDataModule` from ``section``) and ``lit_factory(model,
     datamodule, section) -> LightningModule`` (default: :class:`TransducerLitModule`) let a stage
     change what is trained on and how; ``name`` separates the checkpoints of several trainings in
-    one stage; ``run_id`` is the MLflow run the Lightning logger writes to (default the stage's).
+    one stage; ``run_id`` is the MLflow run the Lightning logger writes to (default the stage's);
+    ``model`` starts from given weights instead of a fresh ``model_cfg`` model; ``callbacks`` are
+    added to the Trainer's (e.g. compression).
 
     Returns ``(model, datamodule, learning_curve, throughput, trainer)``; the model holds the best
     (by ``val/wer``) weights."""
@@ -65,7 +67,8 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = datamodule if datamodule is not None else stage_datamodule(cfg, section)
-    model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
+    if model is None:
+        model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
     lit = (lit_factory or default_lit)(model, dm, section)
 
     ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
@@ -75,7 +78,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
         log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
         tracker.set_tags({f"resumed_from_step{'.' + name if name else ''}": resumed_step})
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1,
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer_select", mode="min", save_top_k=1,
                            save_on_train_epoch_end=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=int(section.checkpoint_every_n_steps))
@@ -86,7 +89,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=run_id or tracker.run_id),
-        callbacks=[best, last, curve, speed], use_distributed_sampler=False, num_sanity_val_steps=0,
+        callbacks=[best, last, curve, speed, *callbacks], use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)), default_root_dir=str(out),
         deterministic="warn",
     )
@@ -107,11 +110,12 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
                                   num_buckets=section.num_buckets, seed=int(cfg.seed), **kwargs)
 
 
-def default_lit(model, dm, section: DictConfig):
+def default_lit(model, dm, section: DictConfig, best_after_step: int = 0):
     from edgeasr.training import TransducerLitModule
 
     return TransducerLitModule(model, dm.tokenizer.decode, section.optimizer, scheduler_cfg(section),
-                               OmegaConf.to_container(section.specaug) if section.specaug else None)
+                               OmegaConf.to_container(section.specaug) if section.specaug else None,
+                               best_after_step=best_after_step)
 
 
 def scheduler_cfg(section: DictConfig) -> dict:

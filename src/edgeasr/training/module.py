@@ -56,12 +56,16 @@ class TransducerLitModule(pl.LightningModule):
         optimizer: ``{lr, weight_decay, betas}`` for AdamW.
         scheduler: ``{warmup_steps, total_steps, final_ratio}``.
         specaug: kwargs of :class:`SpecAugment` or ``None``.
+        best_after_step: validations before this step never count as the best checkpoint.
     """
 
     def __init__(self, model: nn.Module, decode_text: Callable[[Sequence[int]], str],
                  optimizer: Mapping[str, Any], scheduler: Mapping[str, Any],
-                 specaug: Mapping[str, Any] | None = None):
+                 specaug: Mapping[str, Any] | None = None, best_after_step: int = 0):
         super().__init__()
+        # Checkpoint selection ("val/wer_select", which ModelCheckpoint monitors) ignores
+        # validations before this step, e.g. while pruning is still removing weights.
+        self.best_after_step = int(best_after_step)
         self.model = model
         self.decode_text = decode_text
         self.optim_cfg, self.sched_cfg = dict(optimizer), dict(scheduler)
@@ -98,7 +102,9 @@ class TransducerLitModule(pl.LightningModule):
         self.val_wer.update(hyps, batch["texts"])
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/wer", 100.0 * self.val_wer.compute(), prog_bar=True, sync_dist=False)
+        wer = 100.0 * self.val_wer.compute()
+        self.log("val/wer", wer, prog_bar=True, sync_dist=False)
+        self.log("val/wer_select", wer if self.global_step >= self.best_after_step else torch.full_like(wer, 1e9))
         self.val_wer.reset()
 
     def configure_optimizers(self):

@@ -1,0 +1,9 @@
+"""Compression for the on-device student: fake quantization (STE) with an absolute-cosine
+regularizer, gradual magnitude pruning, and Lightning callbacks that drive them in any stage."""
+
+from .prune import cubic_sparsity, global_masks, layer_mask
+from .quant import acos_penalty, fake_quant, grid_distance, quantize
+from .wrap import Compression, weight_targets
+
+__all__ = ["Compression", "acos_penalty", "cubic_sparsity", "fake_quant", "global_masks", "grid_distance",
+           "layer_mask", "quantize", "weight_targets"]

@@ -1,0 +1,114 @@
+"""The ``compress`` stage: quantization-aware training with the absolute-cosine regularizer and
+gradual magnitude pruning of the distilled student (``data/distill/model.pt``).
+
+* Baseline (``baseline``): post-training quantization + one-shot magnitude pruning of the same
+  student at the same bits and sparsity, no training: ``ptq/wer/<split>``.
+* QAT: fake-quantized weights (STE) from step 0, the regularizer ramping in, the cubic pruning
+  schedule over ``pruning.start_step .. end_step``; then fine-tuning at the final masks.
+
+Outputs: ``data/compress/model.pt`` (pruned entries exactly 0, the rest on the ``bits`` grid; its
+meta records ``compression``), ``data/compress/results/`` (recogs/errs, per-layer sparsity table,
+schedule plot), ``reports/compress.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .train_teacher import default_lit, log_training, report_model, stage_datamodule, train_transducer
+
+log = logging.getLogger(__name__)
+
+STAGE = "compress"
+
+
+def ptq_baseline(student, bits: int, sparsity: float, scope: str):
+    """PTQ + one-shot magnitude pruning: a compressed copy of ``student``, no training."""
+    from edgeasr.compression import Compression, global_masks, layer_mask
+
+    model = copy.deepcopy(student)
+    comp = Compression(model, bits=bits)
+    weights = [t.effective() for t in comp.targets]
+    comp.set_masks(global_masks(weights, sparsity) if scope == "global" else [layer_mask(w, sparsity) for w in weights])
+    return comp.materialize()
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    import torch
+
+    from edgeasr.compression import Compression
+    from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
+    from edgeasr.models.io import load_model, save_model
+    from edgeasr.tracking import stage_run
+
+    section = cfg[STAGE]
+    data_dir = Path(cfg.paths.data_dir)
+    out = data_dir / STAGE
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    bits, sparsity = int(section.bits), float(section.sparsity)
+    pr = section.pruning
+    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "trainer", "hw", STAGE]), resolve=True)
+
+    with stage_run(STAGE, cfg, params=params) as tracker:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+        src = data_dir / "distill" / "model.pt"
+        student, meta = load_model(src)
+        model_cfg = meta["model_cfg"]
+        dm = stage_datamodule(cfg, section)
+        metrics: dict[str, float] = {}
+
+        fp32_metrics, _ = report_model(STAGE, cfg, tracker, student, dm, section, results / "fp32", bits=32)
+        metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
+        if section.baseline:
+            ptq = ptq_baseline(student, bits, sparsity, str(pr.scope))
+            ptq_metrics, _ = report_model(STAGE, cfg, tracker, ptq, dm, section, results / "ptq", bits=bits)
+            metrics.update({f"ptq/{k}": v for k, v in ptq_metrics.items() if k.startswith("wer") or k == "sparsity"})
+            del ptq
+
+        model = student.train()
+        comp = Compression(model, bits=bits)
+        pruning = GradualPruning(comp, final=sparsity, initial=float(pr.initial), start=int(pr.start_step),
+                                 end=int(pr.end_step), update_every=int(pr.update_every), scope=str(pr.scope),
+                                 block=int(pr.block), n_m=tuple(pr.n_m) if pr.n_m else None)
+        reg = section.regularizer
+        regularizer = QuantRegularizer(comp, weight=float(reg.weight), start=int(reg.start_step),
+                                       ramp_steps=int(reg.ramp_steps))
+        src_fp = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        model, dm, curve, speed, trainer = train_transducer(
+            cfg, STAGE, OmegaConf.create(model_cfg), section, tracker, out, datamodule=dm, model=model,
+            lit_factory=lambda m, d, sec: default_lit(m, d, sec, best_after_step=int(pr.end_step)),
+            callbacks=[pruning, regularizer], fingerprint_extra=src_fp)
+        comp.refresh()
+        table = comp.layer_table()
+        grid = regularizer.mean_grid_distance()
+        comp.materialize()
+        save_model(out / "model.pt", model, model_cfg,
+                   meta={"stage": STAGE, "steps": trainer.global_step,
+                         "compression": {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}})
+
+        qat_metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results, bits=bits)
+        metrics.update(qat_metrics)
+        metrics["grid_distance"] = round(grid, 6)
+        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
+        metrics["train_steps"] = int(trainer.global_step)
+        if metrics.get("fp32/wer/test"):
+            metrics["wer_ratio_to_fp32"] = round(metrics["wer/test"] / metrics["fp32/wer/test"], 4)
+        tracker.log_report(metrics)
+
+        (results / "layer_sparsity.json").write_text(json.dumps(table, indent=1))
+        (results / "cost_table.txt").write_text(cost.table() + "\n")
+        tracker.log_figure(pruning.figure(), "sparsity_schedule.png")
+        log_training(STAGE, tracker, curve, results)
+        for f in sorted(results.rglob("*")):
+            if f.is_file():
+                tracker.log_artifact(f, str(Path("results") / f.parent.relative_to(results)).rstrip("/."))
+        tracker.log_artifact(out / "model.pt", "model")
+        log.info("%s: %s", STAGE, metrics)
+    return metrics
