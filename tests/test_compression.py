@@ -140,3 +140,10 @@ def test_bad_compression_settings_are_rejected():
         QuantRegularizer(comp)
     with pytest.raises(ValueError, match="bits"):
         fake_quant(torch.ones(2, 2), 1)
+
+
+def test_pareto_front():
+    from edgeasr.sweep import pareto_front
+
+    pts = [(1.0, 9.0), (2.0, 5.0), (3.0, 6.0), (4.0, 1.0), (2.5, 5.0)]
+    assert pareto_front(pts) == [0, 1, 3]

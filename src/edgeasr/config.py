@@ -29,6 +29,18 @@ def compose_params(overrides: list[str] | None = None, root: str | Path = ".") -
         return out.read_text(encoding="utf-8")
 
 
+def sweep_job_dir() -> Path | None:
+    """The output folder of this Hydra multirun job, or None outside a multirun (DVC runs, tests)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    return Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compose conf/ into params.yaml (what `dvc exp run` does).")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")

@@ -417,6 +417,7 @@ class StageRun:
         experiment_id: str,
         invocation_key: str | None,
         root: Path | None = None,
+        report_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -426,11 +427,12 @@ class StageRun:
         self.experiment_id = experiment_id
         self.invocation = invocation_key
         self.root = root if root is not None else repo_root()  # fixed: stage code may chdir
+        self.report_dir = Path(report_dir) if report_dir is not None else self.root / "reports"
         self._report: dict[str, int | float] = {}
 
     @property
     def report_path(self) -> Path:
-        return self.root / "reports" / f"{self.stage}.json"
+        return self.report_dir / f"{self.stage}.json"
 
     def log_report(self, metrics: Mapping[str, float]) -> Path:
         """Write ``reports/<stage>.json`` and log the same keys/values as child-run metrics.
@@ -595,6 +597,15 @@ def _rollup(client: MlflowClient, parent_run_id: str, root: Path) -> None:
             client.log_artifact(parent_run_id, str(path))
 
 
+def current_parent_run_id(experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """The parent run of this process's invocation (created by the first stage run in it), if any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    return None if exp is None else _find_parent(client, exp.experiment_id, invocation()[0])
+
+
 class _FluentUri:
     """Point mlflow's fluent API at ``uri`` for the stage and put everything back afterwards.
 
@@ -633,8 +644,12 @@ def stage_run(
     stage: str,
     cfg: DictConfig | Mapping | None,
     params: Mapping | None = None,
+    report_dir: str | os.PathLike | None = None,
 ) -> Iterator[StageRun]:
     """Open the MLflow child run for ``stage`` under the pipeline's parent run.
+
+    ``report_dir``: where ``<stage>.json`` goes instead of ``reports/`` (a Hydra multirun job
+    writes into its own folder; the repository's reports are then not rolled up).
 
     ``params``: the config sections the stage reads (flattened with '.'-joined keys); None logs
     the whole ``cfg``. The experiment is ``cfg.tracking.experiment`` (default ``edgeasr``).
@@ -714,6 +729,7 @@ def stage_run(
         experiment_id=experiment_id,
         invocation_key=inv_key,
         root=root,
+        report_dir=Path(report_dir) if report_dir is not None else None,
     )
 
     status = "FINISHED"
@@ -747,7 +763,8 @@ def stage_run(
             except Exception as err:
                 log.warning("could not terminate stage run %s: %s", run.run_id, err)
             try:
-                _rollup(client, parent_run_id, root)
+                if report_dir is None:
+                    _rollup(client, parent_run_id, root)
                 if owns_parent:
                     client.set_terminated(parent_run_id, status)
             except Exception as err:

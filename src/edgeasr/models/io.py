@@ -19,7 +19,8 @@ VERSION = 1
 def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    # Plain containers only (nested DictConfigs included): the loader reads with weights_only=True.
+    cfg = OmegaConf.to_container(OmegaConf.create(dict(model_cfg)), resolve=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "version": VERSION, "model_cfg": cfg,

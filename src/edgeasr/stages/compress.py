@@ -47,16 +47,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.models.io import load_model, save_model
     from edgeasr.tracking import stage_run
 
+    from edgeasr.config import sweep_job_dir
+
     section = cfg[STAGE]
     data_dir = Path(cfg.paths.data_dir)
-    out = data_dir / STAGE
+    job = sweep_job_dir()  # a Hydra multirun job writes into its own folder, never into data/
+    out = (job / "data" if job else data_dir) / STAGE
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
     bits, sparsity = int(section.bits), float(section.sparsity)
     pr = section.pruning
     params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "trainer", "hw", STAGE]), resolve=True)
 
-    with stage_run(STAGE, cfg, params=params) as tracker:
+    with stage_run(STAGE, cfg, params=params, report_dir=job / "reports" if job else None) as tracker:
         torch.set_num_threads(int(cfg.trainer.num_threads))
         src = data_dir / "distill" / "model.pt"
         student, meta = load_model(src)

@@ -1,0 +1,81 @@
+"""The compress stage on the tiny corpus (from a student saved where the distill stage puts it),
+and a Hydra multirun sweep: one MLflow run per job under one parent, plus the Pareto plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, compose
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def student_root(tiny_prepared, tmp_path, monkeypatch):
+    from edgeasr.data.tokenizer import Tokenizer
+    from edgeasr.models import build_transducer
+    from edgeasr.models.io import save_model
+
+    root, cfg, _ = tiny_prepared
+    shutil.copytree(root / "data" / "prepare", tmp_path / "data" / "prepare")
+    vocab = Tokenizer(tmp_path / "data/prepare/tokenizer/bpe.model").vocab_size
+    import torch
+
+    torch.manual_seed(0)
+    model_cfg = {**cfg.model.student, "vocab_size": vocab}
+    save_model(tmp_path / "data/distill/model.pt", build_transducer(model_cfg), model_cfg, meta={"stage": "distill"})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_tiny_compress_reaches_target_sparsity_with_model_and_tables(student_root):
+    from edgeasr.compression import Compression
+    from edgeasr.models.io import load_model
+    from edgeasr.stages.compress import run
+
+    metrics = run(compose(["experiment=tiny", "trainer.progress=false"]))
+    report = json.loads((student_root / "reports/compress.json").read_text())
+    assert report == pytest.approx(metrics)
+    for key in ("wer/test", "fp32/wer/test", "ptq/wer/test", "sparsity", "size_bytes", "emulated_latency_ms",
+                "grid_distance"):
+        assert key in report, key
+    model, meta = load_model(student_root / "data/compress/model.pt")
+    assert meta["compression"] == {"bits": 8, "sparsity": 0.5, "scope": "layer"}
+    comp = Compression(model, bits=8, masks_from_zeros=True)
+    assert abs(comp.sparsity() - 0.5) < 0.01
+    table = json.loads((student_root / "data/compress/results/layer_sparsity.json").read_text())
+    assert all(abs(row["sparsity"] - 0.5) < 0.02 for row in table if row["params"] > 100)
+    # int8 + 50 % sparse costs well under half the fp32 bytes
+    fp32_bytes = 4 * report["params"]
+    assert report["size_bytes"] < 0.25 * fp32_bytes
+
+
+def test_tiny_multirun_sweep_is_one_parent_with_a_run_per_job(student_root):
+    from mlflow.tracking import MlflowClient
+
+    cmd = [sys.executable, str(REPO / "pipelines/compress.py"), "-m", "experiment=tiny", "trainer.progress=false",
+           "compress.baseline=false", "compress.max_steps=10", "compress.pruning.end_step=5",
+           "compress.val_every_n_steps=10", "compress.sparsity=0.3,0.6", "compress.bits=8,4",
+           "compress.eval_splits=[test]", "hydra.sweep.dir=sweep"]
+    res = subprocess.run(cmd, cwd=student_root, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((student_root / "sweep/sweep.json").read_text())
+    assert len(rows) == 4 and (student_root / "sweep/pareto.png").stat().st_size > 1000
+    assert not (student_root / "reports/compress.json").exists()  # jobs never write the DVC outputs
+    client = MlflowClient(f"sqlite:///{student_root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    jobs = [r for r in runs if r.info.run_name == "compress"]
+    assert len(parents) == 1 and len(jobs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parents[0].info.run_id}
+    assert {(r.data.params["compress.sparsity"], r.data.params["compress.bits"]) for r in jobs} == \
+        {("0.3", "8"), ("0.3", "4"), ("0.6", "8"), ("0.6", "4")}
+    sparsities = sorted(round(r["sparsity"], 1) for r in rows)
+    assert sparsities == [0.3, 0.3, 0.6, 0.6]
+    assert "sweep/pareto.png" in [a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep")]
