@@ -170,3 +170,61 @@ def test_tiny_distill_stage_reports_student_baseline_and_pseudo_wer(tiny_prepare
     assert client.get_metric_history(runs["distill"].info.run_id, "train/kd_loss")
     assert "wer/test" in runs["distill/baseline"].data.metrics
     print(f"tiny distill stage: {elapsed:.1f} s")
+
+
+def _brute_occupancy(lp, T, U):
+    """Enumerate every alignment of a (T, U) lattice: node-visit probabilities by brute force."""
+    import itertools
+
+    visits, total = torch.zeros(T, U + 1, dtype=torch.float64), 0.0
+    for moves in set(itertools.permutations("b" * (T - 1) + "l" * U)):
+        t = u = 0
+        p, nodes = 1.0, [(0, 0)]
+        for m in moves:
+            if m == "b":
+                p *= lp[t, u, 1].exp()
+                t += 1
+            else:
+                p *= lp[t, u, 0].exp()
+                u += 1
+            nodes.append((t, u))
+        p *= lp[T - 1, U, 1].exp()
+        total += p
+        for node in set(nodes):
+            visits[node] += p
+    return visits / total
+
+
+def test_node_occupancy_matches_brute_force():
+    from edgeasr.losses.distill import node_occupancy
+
+    logits = lattice(3)
+    lp = collapsed_log_probs(logits, Y, Y_LENS)
+    occ = node_occupancy(lp, ENC_LENS, Y_LENS).exp()
+    for i in range(N):
+        T_, U_ = int(ENC_LENS[i]), int(Y_LENS[i])
+        ref = _brute_occupancy(lp[i].double(), T_, U_)
+        assert torch.allclose(occ[i, :T_, : U_ + 1].double(), ref, atol=1e-4), i
+        assert occ[i, T_:].sum() == 0 and occ[i, :, U_ + 1 :].sum() == 0
+        assert torch.isclose(occ[i, 0, 0], torch.tensor(1.0)) and torch.isclose(occ[i, T_ - 1, U_], torch.tensor(1.0))
+
+
+def test_occupancy_weighted_kd_is_zero_for_equal_outputs_and_weights_alignment_nodes():
+    from edgeasr.losses.distill import node_occupancy
+
+    t_logp = collapsed_log_probs(lattice(0), Y, Y_LENS)
+    occ = node_occupancy(t_logp, ENC_LENS, Y_LENS)
+    targets = torch.cat([t_logp, occ.unsqueeze(-1)], -1)
+    assert abs(float(distill_loss(lattice(0), Y, Y_LENS, ENC_LENS, targets, ENC_LENS))) < 1e-4
+    weighted = distill_loss(lattice(1), Y, Y_LENS, ENC_LENS, targets, ENC_LENS)
+    uniform = distill_loss(lattice(1), Y, Y_LENS, ENC_LENS, t_logp, ENC_LENS)
+    assert 0 < float(weighted) < float(uniform)  # occupancies are <= 1
+
+
+def test_kd_delay_matches_student_frame_t_with_teacher_frame_t_minus_d():
+    teacher = lattice(0)
+    t_logp = collapsed_log_probs(teacher, Y, Y_LENS)
+    # a student whose lattice is the teacher's, two frames later, matches it exactly at delay 2
+    student = torch.cat([torch.randn(N, 2, Y.size(1) + 1, V), teacher[:, :-2]], dim=1)
+    assert abs(float(distill_loss(student, Y, Y_LENS, ENC_LENS, t_logp, ENC_LENS, delay=2))) < 1e-4
+    assert float(distill_loss(student, Y, Y_LENS, ENC_LENS, t_logp, ENC_LENS, delay=0)) > 0.1

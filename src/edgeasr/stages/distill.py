@@ -104,7 +104,7 @@ def _scoring_transcripts(prep: Path) -> dict[str, str] | None:
     return {s.id: s.text for s in SupervisionSet.from_file(path) if s.text}
 
 
-def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool):
+def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occupancy: bool):
     from rich.progress import Progress
 
     from edgeasr.training.distill import teacher_targets
@@ -112,7 +112,8 @@ def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool):
     total = sum(c.duration for c in cuts)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("teacher targets", total=total)
-        return teacher_targets(teacher, dm.cuts_dataloader(cuts, max_duration), lambda s: bar.advance(task, s))
+        return teacher_targets(teacher, dm.cuts_dataloader(cuts, max_duration), lambda s: bar.advance(task, s),
+                               occupancy=occupancy)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -135,7 +136,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     def lit_factory(kd_weight: float):
         def make(model, dm, sec):
             return DistillLitModule(model, dm.tokenizer.decode, sec.optimizer, scheduler_cfg(sec),
-                                    OmegaConf.to_container(sec.specaug) if sec.specaug else None, kd_weight=kd_weight)
+                                    OmegaConf.to_container(sec.specaug) if sec.specaug else None, kd_weight=kd_weight,
+                                    kd_delay=int(sec.kd_delay))
         return make
 
     with stage_run(STAGE, cfg, params=params) as tracker:
@@ -163,7 +165,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if section.kd_weight > 0:
             t0 = time.perf_counter()
             cuts = CutSet.from_cuts([*dm.train_cuts(), *pseudo])
-            targets = _teacher_targets(teacher, dm, cuts, float(pl_cfg.batch_max_duration), progress)
+            if section.kd_nodes not in ("all", "occupancy"):
+                raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
+            targets = _teacher_targets(teacher, dm, cuts, float(pl_cfg.batch_max_duration), progress,
+                                       occupancy=section.kd_nodes == "occupancy")
             metrics["teacher_targets_s"] = round(time.perf_counter() - t0, 2)
             metrics["teacher_targets_mb"] = round(sum(t.numel() * 2 for t in targets.values()) / 2**20, 2)
         del teacher

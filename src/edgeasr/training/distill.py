@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from edgeasr.losses import collapsed_kl, collapsed_log_probs, node_mask
+from edgeasr.losses import collapsed_kl, collapsed_log_probs, node_mask, node_occupancy
 
 from .module import TransducerLitModule
 
@@ -26,9 +26,10 @@ class DistillLitModule(TransducerLitModule):
     (``t < min(T_student, T_teacher)``: frame counts may differ by one at the end).
     """
 
-    def __init__(self, *args, kd_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, kd_weight: float = 1.0, kd_delay: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd_weight = float(kd_weight)
+        self.kd_delay = int(kd_delay)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         x, x_lens = batch["features"], batch["feature_lens"]
@@ -40,7 +41,7 @@ class DistillLitModule(TransducerLitModule):
         kd = loss.new_zeros(())
         if self.kd_weight > 0 and batch.get("teacher_logp") is not None:
             kd = distill_loss(out["logits"], out["y"], out["y_lens"], out["enc_lens"], batch["teacher_logp"],
-                              batch["teacher_lens"], self.model.blank_id)
+                              batch["teacher_lens"], self.model.blank_id, self.kd_delay)
             loss = loss + self.kd_weight * kd
         loss = loss / n
         self.log_dict({"train/loss": loss, "train/rnnt_loss": out["rnnt_loss"] / n, "train/ctc_loss": out["ctc_loss"] / n,
@@ -50,10 +51,19 @@ class DistillLitModule(TransducerLitModule):
 
 
 def distill_loss(logits: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor, enc_lens: torch.Tensor,
-                 teacher_logp: torch.Tensor, teacher_lens: torch.Tensor, blank: int = 0) -> torch.Tensor:
+                 teacher_logp: torch.Tensor, teacher_lens: torch.Tensor, blank: int = 0, delay: int = 0) -> torch.Tensor:
     """Summed collapsed KL between the student's lattice ``logits (N, T_s, U+1, V)`` and teacher
-    targets ``(N, T_t, U'+1, 3)`` along the same padded targets ``y (N, U)``."""
+    targets ``(N, T_t, U'+1, 3)`` along the same padded targets ``y (N, U)``: every valid node
+    counts once. Targets with a 4th channel (log node occupancy, ``teacher_targets(...,
+    occupancy=True)``) weight each node by the probability that the teacher's alignments pass it.
+
+    ``delay`` d: the student's frame t is matched with the teacher's frame t - d (its first d frames
+    get no KL). A full-context teacher emits tokens before a causal student can have heard them;
+    the delay lets the student emit later than the teacher.
+    """
     s_logp = collapsed_log_probs(logits, y, y_lens, blank)
+    if delay > 0:
+        s_logp, enc_lens = s_logp[:, delay:], (enc_lens - delay).clamp(min=0)
     t_max = min(s_logp.size(1), teacher_logp.size(1))
     u1 = s_logp.size(2)
     if teacher_logp.size(2) < u1:
@@ -61,15 +71,19 @@ def distill_loss(logits: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor, en
     t_logp = teacher_logp[:, :t_max, :u1].to(s_logp.device)
     lens = torch.minimum(enc_lens.to(teacher_lens.device), teacher_lens).to(s_logp.device)
     mask = node_mask(lens, y_lens.to(s_logp.device), t_max, u1 - 1)
+    if t_logp.size(-1) == 4:
+        mask = mask * t_logp[..., 3].float().exp()
+        t_logp = t_logp[..., :3]
     return collapsed_kl(t_logp, s_logp[:, :t_max], mask)
 
 
 @torch.inference_mode()
-def teacher_targets(teacher: nn.Module, batches, progress: Any = None) -> dict[str, torch.Tensor]:
+def teacher_targets(teacher: nn.Module, batches, progress: Any = None, occupancy: bool = False) -> dict[str, torch.Tensor]:
     """Collapsed 3-way teacher log-probabilities per cut along its training target.
 
     ``batches`` yields dicts with ``features``, ``feature_lens``, ``tokens`` and ``cut_ids`` (the
-    DataModule's); returns ``{cut_id: float16 tensor (T_n, U_n + 1, 3)}``.
+    DataModule's); returns ``{cut_id: float16 tensor (T_n, U_n + 1, 3)}``, with a 4th channel, the
+    log node occupancy of the teacher's alignments, when ``occupancy``.
     """
     from edgeasr.models.transducer import pad_labels
 
@@ -79,6 +93,9 @@ def teacher_targets(teacher: nn.Module, batches, progress: Any = None) -> dict[s
         enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
         y, y_lens = pad_labels(b["tokens"], teacher.blank_id)
         logp = collapsed_log_probs(teacher.joint(enc, y, y_lens), y, y_lens, teacher.blank_id)
+        if occupancy:
+            occ = node_occupancy(logp, enc_lens, y_lens)
+            logp = torch.cat([logp, occ.unsqueeze(-1)], dim=-1)
         for i, cut_id in enumerate(b["cut_ids"]):
             out[cut_id] = logp[i, : int(enc_lens[i]), : int(y_lens[i]) + 1].to(torch.float16).clone()
         if progress is not None:
@@ -92,7 +109,8 @@ def collate_targets(targets: Mapping[str, torch.Tensor], cut_ids: Sequence[str])
     items = [targets.get(c) for c in cut_ids]
     t_max = max([t.size(0) for t in items if t is not None], default=0)
     u_max = max([t.size(1) for t in items if t is not None], default=1)
-    pad = torch.full((len(items), t_max, u_max, 3), -math.inf, dtype=torch.float16)
+    channels = next((t.size(-1) for t in items if t is not None), 3)
+    pad = torch.full((len(items), t_max, u_max, channels), -math.inf, dtype=torch.float16)
     lens = torch.zeros(len(items), dtype=torch.int64)
     for i, t in enumerate(items):
         if t is not None:
