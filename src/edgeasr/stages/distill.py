@@ -12,7 +12,9 @@ labeled and unlabeled audio (Panchapagesan et al., 2021).
    student step (both timings are reported: ``teacher_targets_s`` against ``student step`` time).
 3. A labels-only baseline (``kd_weight`` 0, no unlabeled audio, same steps) when ``baseline``.
 4. The distilled student: RNN-T (+CTC) + ``kd_weight`` x KL on batches mixing labeled and
-   pseudo-labeled audio at ``unlabeled_ratio``.
+   pseudo-labeled audio at ``unlabeled_ratio``; the KL pairs student frame t with teacher frame
+   t - ``kd_delay`` (the full-context teacher emits early) and weights nodes by the teacher's
+   alignment occupancy when ``kd_nodes: occupancy`` (README: measured variants).
 
 Outputs: ``data/distill/model.pt``, ``data/distill/results/`` (recogs/errs per split, pseudo-label
 recogs/errs, learning curves), ``data/distill/checkpoints/``, ``reports/distill.json``.
