@@ -31,7 +31,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .train_teacher import log_training, report_model, scheduler_cfg, stage_datamodule, train_transducer
+from .train_teacher import log_outputs, log_training, report_model, scheduler_cfg, stage_datamodule, train_transducer
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         log_training(STAGE, tracker, curve, results)
         (results / "cost_table.txt").write_text(cost.table() + "\n")
-        for f in sorted(results.rglob("*")):
-            if f.is_file():
-                tracker.log_artifact(f, str(Path("results") / f.parent.relative_to(results)).rstrip("/."))
-        tracker.log_artifact(out / "model.pt", "model")
+        log_outputs(tracker, results, out / "model.pt")
         log.info("%s: %s", STAGE, metrics)
     return metrics

@@ -134,6 +134,15 @@ def report_model(stage: str, cfg: DictConfig, tracker, model, dm, section: DictC
     return {f"{prefix}{k}": v for k, v in metrics.items()}, cost
 
 
+def log_outputs(tracker, results: Path, model_path: Path) -> None:
+    """Every file under ``results`` (sub-folders kept) and the model file as run artifacts."""
+    for f in sorted(results.rglob("*")):
+        if f.is_file():
+            rel = f.parent.relative_to(results)
+            tracker.log_artifact(f, "results" if rel == Path(".") else f"results/{rel.as_posix()}")
+    tracker.log_artifact(model_path, "model")
+
+
 def log_training(stage: str, tracker, curve, results: Path, name: str = "") -> None:
     (results / f"learning_curve{'_' + name if name else ''}.json").write_text(json.dumps(curve.points, indent=1))
     if curve.points:
@@ -162,8 +171,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         log_training(STAGE, tracker, curve, results)
         (results / "cost_table.txt").write_text(cost.table() + "\n")
-        for f in sorted(results.iterdir()):
-            tracker.log_artifact(f, "results")
-        tracker.log_artifact(out / "model.pt", "model")
+        log_outputs(tracker, results, out / "model.pt")
         log.info("%s: %s", STAGE, metrics)
     return metrics
