@@ -44,8 +44,13 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("edgeasr")
     runs = client.search_runs([exp.experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    children = [r for r in runs if r.data.tags.get("edgeasr.kind") == "stage"]
     parents = {r.info.run_id: r for r in runs if not r.data.tags.get("mlflow.parentRunId")}
+    # runs nested inside a stage (the distill stage's labels-only baseline) hang off that stage's run
+    nested = [r for r in runs if r.data.tags.get("edgeasr.kind") == "stage_part"]
+    stage_ids = {r.info.run_id: r.info.run_name for r in children}
+    assert sorted(r.info.run_name for r in nested) == ["distill/baseline"] * 2
+    assert all(stage_ids[r.data.tags["mlflow.parentRunId"]] == "distill" for r in nested)
     stages = list(yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"])
     assert sorted(r.info.run_name for r in children) == sorted(stages * 2)  # the cached repro made none
     by_parent = {}
