@@ -22,7 +22,7 @@ def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int
     return final + (initial - final) * (1.0 - frac) ** 3
 
 
-def _score(w: torch.Tensor, block: int, n_m: tuple[int, int] | None) -> torch.Tensor:
+def _score(w: torch.Tensor, block: int) -> torch.Tensor:
     """Per-weight importance; blocks of ``block`` consecutive input weights share their L1 norm."""
     a = w.detach().abs().reshape(w.size(0), -1)
     if block > 1:
@@ -46,7 +46,7 @@ def layer_mask(w: torch.Tensor, sparsity: float, block: int = 1, n_m: tuple[int,
         g = a.reshape(a.size(0), -1, m)
         keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.topk(n, dim=-1).indices, True)
         return keep.reshape(w.shape)
-    score = _score(w, block, n_m).flatten()
+    score = _score(w, block).flatten()
     k = int(round(sparsity * score.numel()))
     keep = torch.ones(score.numel(), dtype=torch.bool, device=w.device)
     if k > 0:
