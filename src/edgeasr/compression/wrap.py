@@ -64,21 +64,19 @@ class Compression:
         self.model = model
         self.bits = bits
         self.targets: list[Target] = []
-        self._hooks = []
-        hooked: dict[int, nn.Module] = {}
+        self._by_module: dict[int, list[Target]] = {}  # id(module) -> its compressed weights
+        modules: dict[int, nn.Module] = {}
         for name, module, attr in weight_targets(model, skip):
             p = module._parameters.pop(attr)
             module.register_parameter(attr + "_orig", p)
             mask = (p.detach() != 0) if masks_from_zeros else torch.ones_like(p, dtype=torch.bool)
             module.register_buffer(attr + "_mask", mask)
             setattr(module, attr, p.detach().clone())
-            self.targets.append(Target(name, module, attr))
-            hooked[id(module)] = module
-        for module in hooked.values():
-            self._hooks.append(module.register_forward_pre_hook(self._hook))
-        self._by_module: dict[int, list[Target]] = {}
-        for t in self.targets:
-            self._by_module.setdefault(id(t.module), []).append(t)
+            t = Target(name, module, attr)
+            self.targets.append(t)
+            self._by_module.setdefault(id(module), []).append(t)
+            modules[id(module)] = module
+        self._hooks = [m.register_forward_pre_hook(self._hook) for m in modules.values()]
         self.refresh()
 
     def _weight(self, t: Target) -> torch.Tensor:

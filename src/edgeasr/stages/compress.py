@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .train_teacher import default_lit, log_outputs, log_training, report_model, stage_datamodule, train_transducer
+from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from edgeasr.compression import Compression
     from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
+    from edgeasr.config import sweep_job_dir
     from edgeasr.models.io import load_model, save_model
     from edgeasr.tracking import stage_run
-
-    from edgeasr.config import sweep_job_dir
 
     section = cfg[STAGE]
     data_dir = Path(cfg.paths.data_dir)
@@ -67,11 +66,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         dm = stage_datamodule(cfg, section)
         metrics: dict[str, float] = {}
 
-        fp32_metrics, _ = report_model(STAGE, cfg, tracker, student, dm, section, results / "fp32", bits=32)
+        fp32_metrics, _ = report_model(cfg, student, dm, section, results / "fp32", bits=32)
         metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
         if section.baseline:
             ptq = ptq_baseline(student, bits, sparsity, str(pr.scope))
-            ptq_metrics, _ = report_model(STAGE, cfg, tracker, ptq, dm, section, results / "ptq", bits=bits)
+            ptq_metrics, _ = report_model(cfg, ptq, dm, section, results / "ptq", bits=bits)
             metrics.update({f"ptq/{k}": v for k, v in ptq_metrics.items() if k.startswith("wer") or k == "sparsity"})
             del ptq
 
@@ -96,19 +95,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
                    meta={"stage": STAGE, "steps": trainer.global_step,
                          "compression": {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}})
 
-        qat_metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results, bits=bits)
+        qat_metrics, cost = report_model(cfg, model, dm, section, results, bits=bits)
         metrics.update(qat_metrics)
         metrics["grid_distance"] = round(grid, 6)
-        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
-        metrics["train_steps"] = int(trainer.global_step)
         if metrics.get("fp32/wer/test"):
             metrics["wer_ratio_to_fp32"] = round(metrics["wer/test"] / metrics["fp32/wer/test"], 4)
-        tracker.log_report(metrics)
-
         (results / "layer_sparsity.json").write_text(json.dumps(table, indent=1))
-        (results / "cost_table.txt").write_text(cost.table() + "\n")
         tracker.log_figure(pruning.figure(), "sparsity_schedule.png")
-        log_training(STAGE, tracker, curve, results)
-        log_outputs(tracker, results, out / "model.pt")
-        log.info("%s: %s", STAGE, metrics)
+        finish_stage(STAGE, tracker, metrics, results, out / "model.pt", curve, cost, speed, trainer)
     return metrics

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .train_teacher import log_outputs, log_training, report_model, scheduler_cfg, stage_datamodule, train_transducer
+from .common import default_lit, finish_stage, log_training, report_model, stage_datamodule, train_transducer
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,17 @@ def pseudo_label(teacher, dm, cuts, beam: int, min_confidence: float, max_durati
                 text = dm.tokenizer.decode(best.tokens)
                 cut = by_id[cut_id]
                 sup = cut.supervisions[0]
-                if scoring is not None and sup.id in scoring:
-                    acc_all.update([scoring[sup.id]], [text], ids=[cut_id])
+                ref = (scoring or {}).get(sup.id)
+                if ref is not None:
+                    acc_all.update([ref], [text], ids=[cut_id])
                 if not best.tokens:
                     dropped["empty"] += 1
                     continue
                 if conf < min_confidence:
                     dropped["low_confidence"] += 1
                     continue
-                if scoring is not None and sup.id in scoring:
-                    acc_kept.update([scoring[sup.id]], [text], ids=[cut_id])
+                if ref is not None:
+                    acc_kept.update([ref], [text], ids=[cut_id])
                 custom = {**(sup.custom or {}), "tokens": list(best.tokens), "confidence": round(conf, 4)}
                 kept.append(fastcopy(cut, supervisions=[fastcopy(sup, text=text, custom=custom)]))
             bar.advance(task, float(b["feature_lens"].sum()) * 0.01)
@@ -135,12 +136,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "model", "trainer", "hw", STAGE]), resolve=True)
     params.get("model", {}).pop("teacher", None)
 
+    if section.kd_nodes not in ("all", "occupancy"):  # checked before minutes of pseudo-labeling
+        raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
+
     def lit_factory(kd_weight: float):
-        def make(model, dm, sec):
-            return DistillLitModule(model, dm.tokenizer.decode, sec.optimizer, scheduler_cfg(sec),
-                                    OmegaConf.to_container(sec.specaug) if sec.specaug else None, kd_weight=kd_weight,
-                                    kd_delay=int(sec.kd_delay))
-        return make
+        return lambda m, d, sec: default_lit(m, d, sec, cls=DistillLitModule, kd_weight=kd_weight,
+                                             kd_delay=int(sec.kd_delay))
 
     with stage_run(STAGE, cfg, params=params) as tracker:
         import torch
@@ -167,8 +168,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if section.kd_weight > 0:
             t0 = time.perf_counter()
             cuts = CutSet.from_cuts([*dm.train_cuts(), *pseudo])
-            if section.kd_nodes not in ("all", "occupancy"):
-                raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
             targets = _teacher_targets(teacher, dm, cuts, float(pl_cfg.batch_max_duration), progress,
                                        occupancy=section.kd_nodes == "occupancy")
             metrics["teacher_targets_s"] = round(time.perf_counter() - t0, 2)
@@ -178,10 +177,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if section.baseline:
             with tracker.nested("baseline") as base_run:
                 base_dm = stage_datamodule(cfg, section, DistillDataModule)
-                base, _, base_curve, base_speed, base_trainer = train_transducer(
+                base, _, base_curve, _, _ = train_transducer(
                     cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=base_dm,
                     lit_factory=lit_factory(0.0), name="baseline", run_id=base_run.run_id)
-                base_metrics, _ = report_model(STAGE, cfg, tracker, base, base_dm, section, results / "baseline")
+                base_metrics, _ = report_model(cfg, base, base_dm, section, results / "baseline")
                 base_run.log_metrics(base_metrics)
                 log_training(STAGE, tracker, base_curve, results, "baseline")
             metrics.update({f"baseline/{k}": v for k, v in base_metrics.items() if k.startswith("wer")})
@@ -195,10 +194,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
 
-        student_metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results)
+        student_metrics, cost = report_model(cfg, model, dm, section, results)
         metrics.update(student_metrics)
-        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
-        metrics["train_steps"] = int(trainer.global_step)
         teacher_report = Path(tracker.root) / "reports" / "train_teacher.json"
         if teacher_report.is_file() and "wer/test" in metrics:
             t_wer = json.loads(teacher_report.read_text()).get("wer/test")
@@ -207,10 +204,5 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 metrics["wer_ratio_to_teacher"] = round(metrics["wer/test"] / t_wer, 4)
         if "baseline/wer/test" in metrics and metrics["baseline/wer/test"] > 0:
             metrics["rel_improvement_over_baseline"] = round(1 - metrics["wer/test"] / metrics["baseline/wer/test"], 4)
-        tracker.log_report(metrics)
-
-        log_training(STAGE, tracker, curve, results)
-        (results / "cost_table.txt").write_text(cost.table() + "\n")
-        log_outputs(tracker, results, out / "model.pt")
-        log.info("%s: %s", STAGE, metrics)
+        finish_stage(STAGE, tracker, metrics, results, out / "model.pt", curve, cost, speed, trainer)
     return metrics

@@ -8,146 +8,16 @@ a killed run resumes), ``reports/train_teacher.json``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .common import finish_stage, report_model, train_transducer
+
 log = logging.getLogger(__name__)
 
 STAGE = "train_teacher"
-
-
-def fingerprint(cfg: DictConfig, keys: list[str], model_cfg) -> str:
-    """Hash of the config that determines a training run: checkpoints from another config are never resumed."""
-    sub = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
-    sub["model"] = OmegaConf.to_container(model_cfg, resolve=True)
-    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
-    """``last.ckpt`` if it belongs to this exact config, else wipe the folder and start fresh."""
-    stamp = ckpt_dir / "fingerprint.txt"
-    last = ckpt_dir / "last.ckpt"
-    if resume and last.is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
-        return str(last)
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True)
-    stamp.write_text(fp + "\n")
-    return None
-
-
-def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path, *,
-                     datamodule=None, lit_factory=None, name: str = "", run_id: str | None = None,
-                     fingerprint_extra: str = "", model=None, callbacks=()):
-    """Shared by the model stages: build, fit (resuming when possible).
-
-    ``datamodule`` (default: an :class:`AsrDataModule` from ``section``) and ``lit_factory(model,
-    datamodule, section) -> LightningModule`` (default: :class:`TransducerLitModule`) let a stage
-    change what is trained on and how; ``name`` separates the checkpoints of several trainings in
-    one stage; ``run_id`` is the MLflow run the Lightning logger writes to (default the stage's);
-    ``model`` starts from given weights instead of a fresh ``model_cfg`` model; ``callbacks`` are
-    added to the Trainer's (e.g. compression).
-
-    Returns ``(model, datamodule, learning_curve, throughput, trainer)``; the model holds the best
-    (by ``val/wer``) weights."""
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    from edgeasr.models import build_transducer
-    from edgeasr.tracking import tracking_uri
-    from edgeasr.training.callbacks import LearningCurve, Throughput
-
-    torch.set_num_threads(int(cfg.trainer.num_threads))
-    pl.seed_everything(int(cfg.seed), workers=True)
-    dm = datamodule if datamodule is not None else stage_datamodule(cfg, section)
-    if model is None:
-        model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
-    lit = (lit_factory or default_lit)(model, dm, section)
-
-    ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
-    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg) + fingerprint_extra + name
-    resume_from = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
-    if resume_from:
-        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
-        log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
-        tracker.set_tags({f"resumed_from_step{'.' + name if name else ''}": resumed_step})
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer_select", mode="min", save_top_k=1,
-                           save_on_train_epoch_end=False)
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                           every_n_train_steps=int(section.checkpoint_every_n_steps))
-    curve, speed = LearningCurve(), Throughput()
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
-        max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
-        check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
-        logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=run_id or tracker.run_id),
-        callbacks=[best, last, curve, speed, *callbacks], use_distributed_sampler=False, num_sanity_val_steps=0,
-        enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)), default_root_dir=str(out),
-        deterministic="warn",
-    )
-    trainer.fit(lit, datamodule=dm, ckpt_path=resume_from)
-    if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        lit.load_state_dict(state)
-    return model, dm, curve, speed, trainer
-
-
-def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
-    """The DataModule over the prepare stage's manifests with the section's batching."""
-    from edgeasr.data.datamodule import AsrDataModule
-
-    prep = Path(cfg.paths.data_dir) / "prepare"
-    return (cls or AsrDataModule)(prep / "manifests", prep / "tokenizer" / "bpe.model",
-                                  train_splits=list(section.train_splits), max_duration=section.batch_max_duration,
-                                  num_buckets=section.num_buckets, seed=int(cfg.seed), **kwargs)
-
-
-def default_lit(model, dm, section: DictConfig, best_after_step: int = 0):
-    from edgeasr.training import TransducerLitModule
-
-    return TransducerLitModule(model, dm.tokenizer.decode, section.optimizer, scheduler_cfg(section),
-                               OmegaConf.to_container(section.specaug) if section.specaug else None,
-                               best_after_step=best_after_step)
-
-
-def scheduler_cfg(section: DictConfig) -> dict:
-    return {**section.scheduler, "total_steps": int(section.max_steps)}
-
-
-def report_model(stage: str, cfg: DictConfig, tracker, model, dm, section: DictConfig, results: Path, bits: int = 32,
-                 prefix: str = "") -> tuple[dict, object]:
-    """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
-    ``(metrics, cost_report)`` with keys prefixed by ``prefix``."""
-    from edgeasr.evaluation import evaluate_splits, model_metrics
-
-    metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
-    cost_metrics, cost = model_metrics(model, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)
-    metrics.update(cost_metrics)
-    return {f"{prefix}{k}": v for k, v in metrics.items()}, cost
-
-
-def log_outputs(tracker, results: Path, model_path: Path) -> None:
-    """Every file under ``results`` (sub-folders kept) and the model file as run artifacts."""
-    for f in sorted(results.rglob("*")):
-        if f.is_file():
-            rel = f.parent.relative_to(results)
-            tracker.log_artifact(f, "results" if rel == Path(".") else f"results/{rel.as_posix()}")
-    tracker.log_artifact(model_path, "model")
-
-
-def log_training(stage: str, tracker, curve, results: Path, name: str = "") -> None:
-    (results / f"learning_curve{'_' + name if name else ''}.json").write_text(json.dumps(curve.points, indent=1))
-    if curve.points:
-        tracker.log_figure(curve.figure(f"{stage}{' ' + name if name else ''}: dev WER vs time"),
-                           f"learning_curve{'_' + name if name else ''}.png")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -164,13 +34,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
 
         results = out / "results"
-        metrics, cost = report_model(STAGE, cfg, tracker, model, dm, section, results)
-        metrics["train_audio_s_per_s"] = round(speed.audio_s_per_s, 3)
-        metrics["train_steps"] = int(trainer.global_step)
-        tracker.log_report(metrics)
-
-        log_training(STAGE, tracker, curve, results)
-        (results / "cost_table.txt").write_text(cost.table() + "\n")
-        log_outputs(tracker, results, out / "model.pt")
-        log.info("%s: %s", STAGE, metrics)
+        metrics, cost = report_model(cfg, model, dm, section, results)
+        finish_stage(STAGE, tracker, metrics, results, out / "model.pt", curve, cost, speed, trainer)
     return metrics

@@ -31,23 +31,16 @@ class DistillLitModule(TransducerLitModule):
         self.kd_weight = float(kd_weight)
         self.kd_delay = int(kd_delay)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        x, x_lens = batch["features"], batch["feature_lens"]
-        if self.specaug is not None:
-            x = self.specaug(x)
-        out = self.model(x, x_lens, batch["tokens"], return_logits=self.kd_weight > 0)
-        n = out["num_utts"]
-        loss = out["loss"]
-        kd = loss.new_zeros(())
+    @property
+    def needs_logits(self) -> bool:
+        return self.kd_weight > 0
+
+    def extra_losses(self, batch: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        kd = out["loss"].new_zeros(())
         if self.kd_weight > 0 and batch.get("teacher_logp") is not None:
             kd = distill_loss(out["logits"], out["y"], out["y_lens"], out["enc_lens"], batch["teacher_logp"],
                               batch["teacher_lens"], self.model.blank_id, self.kd_delay)
-            loss = loss + self.kd_weight * kd
-        loss = loss / n
-        self.log_dict({"train/loss": loss, "train/rnnt_loss": out["rnnt_loss"] / n, "train/ctc_loss": out["ctc_loss"] / n,
-                       "train/kd_loss": kd / n}, batch_size=n)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        return loss
+        return {"kd_loss": self.kd_weight * kd}
 
 
 def distill_loss(logits: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor, enc_lens: torch.Tensor,

@@ -83,13 +83,21 @@ class TransducerLitModule(pl.LightningModule):
         x, x_lens = batch["features"], batch["feature_lens"]
         if self.specaug is not None:
             x = self.specaug(x)
-        out = self.model(x, x_lens, batch["tokens"])
+        out = self.model(x, x_lens, batch["tokens"], return_logits=self.needs_logits)
         n = out["num_utts"]
-        loss = out["loss"] / n
-        self.log_dict({"train/loss": loss, "train/rnnt_loss": out["rnnt_loss"] / n,
-                       "train/ctc_loss": out["ctc_loss"] / n}, batch_size=n, prog_bar=False)
+        extra = self.extra_losses(batch, out)  # summed over the batch, like out["loss"]
+        loss = (out["loss"] + sum(extra.values(), out["loss"].new_zeros(()))) / n
+        self.log_dict({"train/loss": loss, "train/rnnt_loss": out["rnnt_loss"] / n, "train/ctc_loss": out["ctc_loss"] / n,
+                       **{f"train/{k}": v / n for k, v in extra.items()}}, batch_size=n, prog_bar=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
+
+    #: subclasses that add losses on the lattice logits set this
+    needs_logits = False
+
+    def extra_losses(self, batch: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Weighted, batch-summed losses added to the transducer's (none here); logged as ``train/<name>``."""
+        return {}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         from edgeasr.decoding import greedy_search
