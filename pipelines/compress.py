@@ -1,4 +1,4 @@
-"""DVC stage `compress`: streaming student compressed from the teacher on labeled + unlabeled audio. See edgeasr.stages.compress."""
+"""DVC stage `compress`: QAT + gradual magnitude pruning of the distilled student. See edgeasr.stages.compress."""
 
 import hydra
 from omegaconf import DictConfig

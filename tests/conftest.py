@@ -60,3 +60,23 @@ def copy_project(dst: Path) -> None:
         shutil.copy(REPO / name, dst / name)
     (dst / ".dvc").mkdir(exist_ok=True)
     shutil.copy(REPO / ".dvc" / "config", dst / ".dvc" / "config")
+
+
+@pytest.fixture
+def student_root(tiny_prepared, tmp_path, monkeypatch):
+    """A workspace with the tiny corpus and an untrained tiny student where the distill stage puts it."""
+    from edgeasr.data.tokenizer import Tokenizer
+    from edgeasr.models import build_transducer
+    from edgeasr.models.io import save_model
+
+    root, cfg, _ = tiny_prepared
+    shutil.copytree(root / "data" / "prepare", tmp_path / "data" / "prepare")
+    vocab = Tokenizer(tmp_path / "data/prepare/tokenizer/bpe.model").vocab_size
+    import torch
+
+    torch.manual_seed(0)
+    model_cfg = {**cfg.model.student, "vocab_size": vocab}
+    save_model(tmp_path / "data/distill/model.pt", build_transducer(model_cfg), model_cfg, meta={"stage": "distill"})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

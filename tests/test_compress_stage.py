@@ -4,7 +4,6 @@ and a Hydra multirun sweep: one MLflow run per job under one parent, plus the Pa
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -15,40 +14,31 @@ from conftest import REPO, compose
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def student_root(tiny_prepared, tmp_path, monkeypatch):
-    from edgeasr.data.tokenizer import Tokenizer
-    from edgeasr.models import build_transducer
-    from edgeasr.models.io import save_model
-
-    root, cfg, _ = tiny_prepared
-    shutil.copytree(root / "data" / "prepare", tmp_path / "data" / "prepare")
-    vocab = Tokenizer(tmp_path / "data/prepare/tokenizer/bpe.model").vocab_size
-    import torch
-
-    torch.manual_seed(0)
-    model_cfg = {**cfg.model.student, "vocab_size": vocab}
-    save_model(tmp_path / "data/distill/model.pt", build_transducer(model_cfg), model_cfg, meta={"stage": "distill"})
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def test_tiny_compress_reaches_target_sparsity_with_model_and_tables(student_root):
-    from edgeasr.compression import Compression
+    from edgeasr.compression import Compression, attach_activation_quant
+    from edgeasr.evaluation import evaluate_splits
     from edgeasr.models.io import load_model
+    from edgeasr.stages.common import stage_datamodule
     from edgeasr.stages.compress import run
 
-    metrics = run(compose(["experiment=tiny", "trainer.progress=false"]))
+    cfg = compose(["experiment=tiny", "trainer.progress=false"])
+    metrics = run(cfg)
     report = json.loads((student_root / "reports/compress.json").read_text())
     assert report == pytest.approx(metrics)
     for key in ("wer/test", "fp32/wer/test", "ptq/wer/test", "sparsity", "size_bytes", "emulated_latency_ms",
                 "grid_distance"):
         assert key in report, key
     model, meta = load_model(student_root / "data/compress/model.pt")
+    act = meta["compression"].pop("activation_quant")
     assert meta["compression"] == {"bits": 8, "sparsity": 0.5, "scope": "layer"}
     comp = Compression(model, bits=8, masks_from_zeros=True)
     assert abs(comp.sparsity() - 0.5) < 0.01
+    # the saved weights + activation scales reproduce the reported fake-quantized WER exactly
+    assert act["points"]["encoder.l0_c"]["pow2"] and act["points"]["encoder.res0"]["bits"] == 16
+    attach_activation_quant(model, scales=act["amax"], frozen=True)
+    dm = stage_datamodule(cfg, cfg.compress)
+    again = evaluate_splits(model.eval(), dm, ["test"], student_root / "again")
+    assert again["wer/test"] == report["wer/test"]
     table = json.loads((student_root / "data/compress/results/layer_sparsity.json").read_text())
     assert all(abs(row["sparsity"] - 0.5) < 0.02 for row in table if row["params"] > 100)
     # int8 + 50 % sparse costs well under half the fp32 bytes

@@ -195,6 +195,91 @@ class CostReport:
         return "\n".join(lines)
 
 
+@dataclass
+class LayerWork:
+    """One layer's work over a span of calls, whoever counted it: forward hooks (estimate) or the
+    integer runtime (npu.py). The input of :func:`roofline`, the one cost function both share."""
+
+    name: str
+    kind: str
+    calls: int
+    macs: int  # dense
+    macs_executed: int  # after zero-skipping (= macs where nothing is skipped)
+    weights: int  # values in weight matrices/kernels
+    nonzero: int
+    weight_bytes: int  # storage of the layer's tensors (weights, scales, biases, norm parameters)
+    passes: int  # times the weights are read
+    bytes_moved: int  # weight bytes read over all passes
+
+
+def gathered_bytes(weight_bytes: int, passes: int, lookups: int = 0, rows: int = 1) -> int:
+    """Weight bytes read over `passes`; a gather (embedding) reads only the `lookups` rows it needs."""
+    moved = int(weight_bytes) * int(passes)
+    if lookups:
+        moved = min(moved, math.ceil(lookups * weight_bytes / max(1, rows)))
+    return moved
+
+
+def roofline(
+    layers: list[LayerWork],
+    hw: HwProfile,
+    bits: int,
+    *,
+    placement: str = "model",
+    levels: Mapping[str, str] | None = None,
+    unique_bytes: int | None = None,
+    sparsity: float = 0.0,
+    sparse_format: str = "auto",
+) -> CostReport:
+    """Per layer: compute_s = macs_executed / macs_per_s(hw, bits), memory_s = bytes_moved / bandwidth of
+    the level its weights live in, time_s = max(compute_s, memory_s); total = sum over layers.
+
+    Levels come from `placement` (see estimate; `unique_bytes` = the model's stored bytes, default the
+    sum over layers) unless `levels` (layer name -> level) fixes them, e.g. for one chunk of an utterance
+    that keeps the utterance's placement.
+    """
+    rate = macs_per_s(hw, bits)
+    names = [w.name for w in layers]
+    fixed = levels is not None
+    for w in layers:
+        if w.passes < 1:
+            raise ValueError(f"passes for {w.name!r} must be >= 1")
+    if levels is None:
+        total = sum(w.weight_bytes for w in layers) if unique_bytes is None else int(unique_bytes)
+        levels = _place(placement, hw, names, {w.name: w.weight_bytes for w in layers},
+                        {w.name: w.passes for w in layers}, total)
+    else:
+        unknown = {lv for lv in (levels[n] for n in names) if lv not in hw.bandwidth_bytes_per_s}
+        if unknown:
+            raise ValueError(f"levels {sorted(unknown)} are not memory levels of hw {hw.name!r}")
+    costs: list[LayerCost] = []
+    for w in layers:
+        level = levels[w.name]
+        compute_s = w.macs_executed / rate
+        memory_s = w.bytes_moved / hw.bandwidth_bytes_per_s[level]
+        costs.append(LayerCost(
+            name=w.name, kind=w.kind, calls=w.calls, macs=w.macs, macs_executed=w.macs_executed,
+            weights=w.weights, nonzero=w.nonzero, weight_bytes=w.weight_bytes, memory_level=level,
+            compute_s=compute_s, memory_s=memory_s, time_s=max(compute_s, memory_s), passes=w.passes,
+            bytes_moved=w.bytes_moved,
+        ))
+    return CostReport(
+        layers=costs,
+        total_s=sum(c.time_s for c in costs),
+        macs=sum(c.macs for c in costs),
+        macs_executed=sum(c.macs_executed for c in costs),
+        weight_bytes=sum(w.weight_bytes for w in layers) if unique_bytes is None else int(unique_bytes),
+        sparsity=sparsity,
+        hw=hw.name,
+        bits=int(bits),
+        sparse_format=sparse_format,
+        placement="fixed" if fixed else placement,
+        compute_s=sum(c.compute_s for c in costs),
+        memory_s=sum(c.memory_s for c in costs),
+        bytes_moved=sum(c.bytes_moved for c in costs),
+    )
+
+
 def _place(
     placement: str, hw: HwProfile, names: list[str], bytes_: dict[str, int], passes: dict[str, int], unique: int
 ) -> dict[str, str]:
@@ -240,16 +325,16 @@ def estimate(
                 the rest stream. 'sram'/'flash': force (what-ifs).
     time_s    = max(compute_s, memory_s): never faster than the roofline bound.
     `module` must be the module the records were profiled on (names are resolved in it); weights are
-    read now, so pruning/quantizing after profiling is reflected.
+    read now, so pruning/quantizing after profiling is reflected. The times come from roofline(), which
+    the NPU emulator (npu.py) calls with the integer runtime's counts: one cost function for both.
     """
     if int(weight_passes) < 1:
         raise ValueError("weight_passes must be >= 1")
     if sparse_format not in SPARSE_FORMATS:
         raise ValueError(f"sparse_format must be one of {SPARSE_FORMATS}, got {sparse_format!r}")
     layer_passes = dict(layer_passes or {})
-    rate = macs_per_s(hw, bits)
 
-    per: dict[str, dict[str, Any]] = {}
+    works: list[LayerWork] = []
     unique: dict[int, int] = {}
     sparsity_total = sparsity_zeros = 0
     counted: set[int] = set()
@@ -279,41 +364,11 @@ def estimate(
         passes = int(layer_passes.get(rec.name, weight_passes))
         if passes < 1:
             raise ValueError(f"passes for {rec.name!r} must be >= 1")
-        moved = wbytes * passes
-        if rec.kind == "embedding" and rec.lookups:
-            rows = max(1, m.weight.shape[0])
-            moved = min(moved, math.ceil(rec.lookups * wbytes / rows))
-        per[rec.name] = dict(rec=rec, wbytes=wbytes, weights=weights, nonzero=nonzero, executed=executed,
-                             passes=passes, moved=moved)
-
-    names = list(per)
-    levels = _place(placement, hw, names, {n: per[n]["wbytes"] for n in names},
-                    {n: per[n]["passes"] for n in names}, sum(unique.values()))
-
-    costs: list[LayerCost] = []
-    for n in names:
-        p, rec = per[n], per[n]["rec"]
-        level = levels[n]
-        compute_s = p["executed"] / rate
-        memory_s = p["moved"] / hw.bandwidth_bytes_per_s[level]
-        costs.append(LayerCost(
-            name=rec.name, kind=rec.kind, calls=rec.calls, macs=rec.macs, macs_executed=p["executed"],
-            weights=p["weights"], nonzero=p["nonzero"], weight_bytes=p["wbytes"], memory_level=level,
-            compute_s=compute_s, memory_s=memory_s, time_s=max(compute_s, memory_s), passes=p["passes"],
-            bytes_moved=p["moved"],
-        ))
-    return CostReport(
-        layers=costs,
-        total_s=sum(c.time_s for c in costs),
-        macs=sum(c.macs for c in costs),
-        macs_executed=sum(c.macs_executed for c in costs),
-        weight_bytes=sum(unique.values()),
-        sparsity=sparsity_zeros / sparsity_total if sparsity_total else 0.0,
-        hw=hw.name,
-        bits=int(bits),
-        sparse_format=sparse_format,
-        placement=placement,
-        compute_s=sum(c.compute_s for c in costs),
-        memory_s=sum(c.memory_s for c in costs),
-        bytes_moved=sum(c.bytes_moved for c in costs),
-    )
+        gathered = rec.kind == "embedding" and rec.lookups
+        moved = gathered_bytes(wbytes, passes, rec.lookups if gathered else 0,
+                               max(1, m.weight.shape[0]) if gathered else 1)
+        works.append(LayerWork(name=rec.name, kind=rec.kind, calls=rec.calls, macs=rec.macs, macs_executed=executed,
+                               weights=weights, nonzero=nonzero, weight_bytes=wbytes, passes=passes,
+                               bytes_moved=moved))
+    return roofline(works, hw, bits, placement=placement, unique_bytes=sum(unique.values()),
+                    sparsity=sparsity_zeros / sparsity_total if sparsity_total else 0.0, sparse_format=sparse_format)

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 _REQUIRED = ("name", "macs_per_cycle", "clock_hz", "zero_skipping", "sram_bytes", "bandwidth_bytes_per_s")
+_OPTIONAL = ("energy_pj",)
 _LEVELS = ("sram", "flash")
+_ENERGY_MACS = ("mac_int8", "mac_fp32")  # required in energy_pj; mac_fp16 optional (default: mac_fp32)
+_ENERGY_KEYS = (*_ENERGY_MACS, "mac_fp16", "byte")
 
 
 @dataclass
@@ -21,6 +24,8 @@ class HwProfile:
     zero_skipping: bool  # MACs against zero weights cost nothing
     sram_bytes: int  # on-chip memory available for resident weights
     bandwidth_bytes_per_s: dict[str, float] = field(default_factory=dict)  # 'sram', 'flash' (+ any other level)
+    # optional energy model (the NPU emulator's): {'mac_int8': pJ, 'mac_fp32': pJ, 'byte': {level: pJ per byte read}}
+    energy_pj: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.macs_per_cycle <= 0 or self.clock_hz <= 0:
@@ -33,6 +38,16 @@ class HwProfile:
         bad = {k: v for k, v in self.bandwidth_bytes_per_s.items() if not float(v) > 0}
         if bad:
             raise ValueError(f"hw {self.name!r}: bandwidths must be > 0, got {bad}")
+        if self.energy_pj:
+            e = self.energy_pj
+            per_byte = e.get("byte") or {}
+            missing = [k for k in _ENERGY_MACS if k not in e] + [f"byte.{k}" for k in self.bandwidth_bytes_per_s
+                                                                 if k not in per_byte]
+            unknown = sorted(set(e) - set(_ENERGY_KEYS))
+            values = [v for k, v in e.items() if k != "byte"] + list(per_byte.values())
+            if missing or unknown or not all(isinstance(v, (int, float)) and v >= 0 for v in values):
+                raise ValueError(f"hw {self.name!r}: energy_pj needs {list(_ENERGY_MACS)} and byte.<level> for every "
+                                 f"memory level, all >= 0 (missing {missing}, unknown {unknown})")
 
     @property
     def peak_macs_per_s(self) -> float:
@@ -51,9 +66,10 @@ class HwProfile:
             pass
         cfg = dict(cfg)
         missing = [k for k in _REQUIRED if k not in cfg]
-        unknown = sorted(set(cfg) - set(_REQUIRED))
+        unknown = sorted(set(cfg) - set(_REQUIRED) - set(_OPTIONAL))
         if missing or unknown:  # strict: a misspelt key would otherwise silently keep a default
-            raise ValueError(f"hw profile: missing keys {missing}, unknown keys {unknown}; expected {list(_REQUIRED)}")
+            raise ValueError(f"hw profile: missing keys {missing}, unknown keys {unknown}; expected {list(_REQUIRED)} "
+                             f"(optional: {list(_OPTIONAL)})")
         return cls(
             name=str(cfg["name"]),
             macs_per_cycle=int(cfg["macs_per_cycle"]),
@@ -61,6 +77,7 @@ class HwProfile:
             zero_skipping=bool(cfg["zero_skipping"]),
             sram_bytes=int(cfg["sram_bytes"]),
             bandwidth_bytes_per_s={str(k): float(v) for k, v in dict(cfg["bandwidth_bytes_per_s"]).items()},
+            energy_pj=_energy(cfg.get("energy_pj")),
         )
 
     @classmethod
@@ -68,3 +85,11 @@ class HwProfile:
         import yaml
 
         return cls.from_cfg(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+
+def _energy(e: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not e:
+        return {}
+    out: dict[str, Any] = {str(k): float(v) for k, v in dict(e).items() if k != "byte"}
+    out["byte"] = {str(k): float(v) for k, v in dict(e.get("byte") or {}).items()}
+    return out

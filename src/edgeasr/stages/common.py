@@ -117,10 +117,13 @@ def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
 def report_model(cfg: DictConfig, model, dm, section: DictConfig, results: Path, bits: int = 32) -> tuple[dict, object]:
     """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
     ``(metrics, cost_report)``."""
+    from edgeasr.compression.actquant import float_view
     from edgeasr.evaluation import evaluate_splits, model_metrics
 
     metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
-    cost_metrics, cost = model_metrics(model, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)
+    # The MAC profiler hooks nn.LSTM calls, which the activation-quantized encoder replaces by its own loop.
+    with float_view(model) as plain:
+        cost_metrics, cost = model_metrics(plain, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)
     metrics.update(cost_metrics)
     return metrics, cost
 

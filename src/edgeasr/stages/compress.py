@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -28,21 +29,38 @@ log = logging.getLogger(__name__)
 STAGE = "compress"
 
 
-def ptq_baseline(student, bits: int, sparsity: float, scope: str):
-    """PTQ + one-shot magnitude pruning: a compressed copy of ``student``, no training."""
+def attach_activations(model, section: DictConfig, dm) -> None:
+    """Activation fake-quant at the integer runtime's requantization points, calibrated on the
+    first ``calibration_batches`` training batches (a fixed, seeded slice)."""
+    from edgeasr.compression import attach_activation_quant, calibrate
+
+    act = section.activations
+    attach_activation_quant(model, bits=int(act.bits), residual_bits=int(act.residual_bits),
+                            momentum=float(act.momentum))
+    dm.setup("fit")
+    batches = itertools.islice(iter(dm.train_dataloader()), int(act.calibration_batches))
+    calibrate(model, batches)
+
+
+def ptq_baseline(student, bits: int, sparsity: float, scope: str, section: DictConfig, dm):
+    """PTQ + one-shot magnitude pruning (+ calibrated activation quantization): a compressed copy
+    of ``student``, no training."""
     from edgeasr.compression import Compression, global_masks, layer_mask
 
     model = copy.deepcopy(student)
     comp = Compression(model, bits=bits)
     weights = [t.effective() for t in comp.targets]
     comp.set_masks(global_masks(weights, sparsity) if scope == "global" else [layer_mask(w, sparsity) for w in weights])
-    return comp.materialize()
+    comp.materialize()
+    if section.activations.enabled:
+        attach_activations(model, section, dm)
+    return model.eval()
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     import torch
 
-    from edgeasr.compression import Compression
+    from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, quant_points
     from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
     from edgeasr.config import sweep_job_dir
     from edgeasr.models.io import load_model, save_model
@@ -69,13 +87,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         fp32_metrics, _ = report_model(cfg, student, dm, section, results / "fp32", bits=32)
         metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
         if section.baseline:
-            ptq = ptq_baseline(student, bits, sparsity, str(pr.scope))
+            ptq = ptq_baseline(student, bits, sparsity, str(pr.scope), section, dm)
             ptq_metrics, _ = report_model(cfg, ptq, dm, section, results / "ptq", bits=bits)
             metrics.update({f"ptq/{k}": v for k, v in ptq_metrics.items() if k.startswith("wer") or k == "sparsity"})
             del ptq
 
         model = student.train()
         comp = Compression(model, bits=bits)
+        if section.activations.enabled:
+            attach_activations(model, section, dm)
         pruning = GradualPruning(comp, final=sparsity, initial=float(pr.initial), start=int(pr.start_step),
                                  end=int(pr.end_step), update_every=int(pr.update_every), scope=str(pr.scope),
                                  block=int(pr.block), n_m=tuple(pr.n_m) if pr.n_m else None)
@@ -91,10 +111,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         table = comp.layer_table()
         grid = regularizer.mean_grid_distance()
         comp.materialize()
-        save_model(out / "model.pt", model, model_cfg,
-                   meta={"stage": STAGE, "steps": trainer.global_step,
-                         "compression": {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}})
+        compression = {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}
+        if is_quantized(model):
+            for _, q in quant_points(model):
+                q.frozen = True
+            compression["activation_quant"] = activation_spec(model)
+        with float_view(model) as plain:
+            save_model(out / "model.pt", plain, model_cfg,
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": compression})
 
+        # WER of the fake-quantized model (what the integer runtime computes); cost of its weights
         qat_metrics, cost = report_model(cfg, model, dm, section, results, bits=bits)
         metrics.update(qat_metrics)
         metrics["grid_distance"] = round(grid, 6)

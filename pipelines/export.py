@@ -1,0 +1,15 @@
+"""DVC stage `export`: the compressed student as one versioned container, checked in the integer runtime. See edgeasr.stages.export."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from edgeasr.stages.export import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Activation fake-quantization of the streaming LSTM student, placed exactly where the integer
+runtime (:mod:`edgeasr.emulator.intruntime`, spec in ``docs/integer_runtime.md``) requantizes.
+
+The wrappers below replace ``model.encoder``, ``model.predictor`` and ``model.joiner`` with
+modules that run the same float weights but round every tensor the NPU stores to its integer grid:
+
+* matmul inputs and outputs: int8, symmetric, one scale per tensor (``amax / 127``);
+* the encoder's residual stream and the joiner's sum: int16 (``residual_bits``);
+* LSTM internals at fixed fixed-point formats, as int8 LSTM kernels do (TFLite's integer LSTM):
+  gate pre-activations Q3.12 (int16, 2^-12), sigmoid/tanh outputs Q0.15 (2^-15), the cell state
+  int16 at a power-of-two scale from calibration, ``h`` int8;
+* the joiner's tanh output at 1/127 (int8); logits leave the NPU as int32 and are dequantized.
+
+Rounding is half-up (``floor(x / s + 0.5)``), the integer runtime's arithmetic shift rounding.
+Gradients pass straight through inside the clamp range and are zero outside (STE).
+
+Scales (``amax``) are moving averages of the per-forward max |x| during training, after a
+calibration pass over a few batches sets them from the float model (:func:`calibrate`).
+:func:`detach_activation_quant` hands back a plain model plus the scales, which a model file
+stores in ``meta["activation_quant"]``; :func:`attach_activation_quant` restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GATE_SCALE = 2.0**-12  # Q3.12: LSTM gate pre-activations, range +-8
+UNIT_SCALE = 2.0**-15  # Q0.15: sigmoid / tanh outputs
+INT16 = 32767
+TANH_OUT_SCALE = 1.0 / 127  # the joiner's tanh output, int8
+
+
+def fq(x: torch.Tensor, scale: float | torch.Tensor, qmax: int, qmin: int | None = None) -> torch.Tensor:
+    """Round ``x`` to ``k * scale`` with integer ``k`` in ``[qmin, qmax]`` (default ``-qmax``), half up.
+
+    Straight-through gradient inside the range, zero outside (the clamp's gradient)."""
+    qmin = -qmax if qmin is None else qmin
+    xc = torch.clamp(x, qmin * scale, qmax * scale)
+    q = torch.clamp(torch.floor(x / scale + 0.5), qmin, qmax) * scale
+    return xc + (q - xc).detach()
+
+
+class ActQuant(nn.Module):
+    """One requantization point: a per-tensor symmetric ``bits``-bit grid with ``scale = amax / qmax``
+    (``pow2``: rounded up to a power of two, for the LSTM cell state).
+
+    Modes: ``calibrating`` (float pass-through, per-forward maxima collected), training (quantize
+    with the current scale, then move ``amax`` toward the forward's max: EMA with ``momentum``),
+    eval or ``frozen`` (quantize, scale fixed).
+    """
+
+    def __init__(self, bits: int = 8, momentum: float = 0.99, pow2: bool = False):
+        super().__init__()
+        self.bits, self.momentum, self.pow2 = int(bits), float(momentum), bool(pow2)
+        self.qmax = 2 ** (self.bits - 1) - 1
+        self.register_buffer("amax", torch.zeros(()))
+        self.calibrating = False
+        self.frozen = False
+        self._seen = torch.zeros(())  # max |x| in the current forward
+        self._calib: list[float] = []
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, pow2={self.pow2}, amax={float(self.amax):.4g}"
+
+    def scale(self) -> float:
+        a = float(self.amax)
+        if a <= 0:
+            raise RuntimeError("activation quantizer used before calibration; run edgeasr.compression.calibrate first")
+        s = a / self.qmax
+        return 2.0 ** math.ceil(math.log2(s)) if self.pow2 else s
+
+    def _tracking(self) -> bool:
+        return self.calibrating or (self.training and not self.frozen)
+
+    def track(self, x: torch.Tensor) -> None:
+        if self._tracking():
+            self._seen = torch.maximum(self._seen, x.detach().abs().max().float().cpu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.track(x)
+        return x if self.calibrating else fq(x, self.scale(), self.qmax)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a + b`` on this grid as the runtime adds: each term rounded to the output scale, summed, saturated."""
+        self.track(a + b)
+        if self.calibrating:
+            return a + b
+        s = self.scale()
+        big = 4 * self.qmax  # terms are rounded but not clamped; only the sum saturates
+        return fq(fq(a, s, big) + fq(b, s, big), s, self.qmax)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """End of one forward: fold its max into ``amax`` (or the calibration list)."""
+        if not self._tracking():
+            return
+        m = float(self._seen)
+        self._seen = torch.zeros(())
+        if self.calibrating:
+            self._calib.append(m)
+        elif float(self.amax) <= 0:
+            self.amax.fill_(m)
+        else:
+            self.amax.mul_(self.momentum).add_((1 - self.momentum) * m)
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        if self._calib:
+            self.amax.fill_(sum(self._calib) / len(self._calib))  # mean of per-batch maxima, as the EMA tracks
+        self._calib, self.calibrating = [], False
+
+
+def _unit(x: torch.Tensor, signed: bool) -> torch.Tensor:
+    return fq(x, UNIT_SCALE, INT16, -INT16 if signed else 0)
+
+
+def _weights(module: nn.Module) -> None:
+    """Run ``module``'s forward pre-hooks (the pruning mask + weight fake-quant of
+    :class:`~edgeasr.compression.Compression`) when its weights are read without calling it."""
+    for hook in module._forward_pre_hooks.values():
+        hook(module, ())
+
+
+class _Wrapper(nn.Module):
+    """Holds the float module as ``inner`` and its requantization points in ``q``."""
+
+    def __init__(self, inner: nn.Module, points: Mapping[str, ActQuant]):
+        super().__init__()
+        self.inner = inner
+        self.q = nn.ModuleDict(points)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)  # output_dim, vocab_size, blank_id, ...
+
+    def commit(self) -> None:
+        for q in self.q.values():
+            q.commit()
+
+
+class QLstmEncoder(_Wrapper):
+    """:class:`~edgeasr.models.LstmEncoder` with requantization points (names in ``q``):
+
+    ``in`` (normalized features) -> conv1 -> ReLU -> ``conv1`` -> conv2 -> ReLU -> ``conv2`` ->
+    Linear -> ``sub`` -> stack Linear -> ``res0`` (int16 residual stream); per layer l:
+    LayerNorm -> ``l{l}_x`` -> LSTM (gates Q3.12 / Q0.15, cell ``l{l}_c``, output ``l{l}_h``) ->
+    ``res{l+1}`` = res + h; final LayerNorm -> ``final`` -> Linear -> ``out``.
+
+    ``forward(x (N, T, F), x_lens (N,)) -> (N, T', J), (N,)``, offline (the integer runtime streams).
+    """
+
+    def __init__(self, enc: nn.Module, bits: int = 8, residual_bits: int = 16, momentum: float = 0.99):
+        pts = {n: ActQuant(bits, momentum) for n in ("in", "conv1", "conv2", "final", "out")}
+        if enc.stack is not None:
+            pts["sub"] = ActQuant(bits, momentum)  # input of the frame-stacking Linear
+        pts["res0"] = ActQuant(residual_bits, momentum)
+        for i in range(enc.num_layers):
+            pts[f"l{i}_x"] = ActQuant(bits, momentum)
+            pts[f"l{i}_h"] = ActQuant(bits, momentum)
+            pts[f"l{i}_c"] = ActQuant(16, momentum, pow2=True)
+            pts[f"res{i + 1}"] = ActQuant(residual_bits, momentum)
+        super().__init__(enc, pts)
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from edgeasr.models.encoders import _trim, stack_frames
+        from edgeasr.models.subsampling import frames_after_subsampling
+
+        e, q = self.inner, self.q
+        x = q["in"](e.input_norm(_trim(x, x_lens)))
+        conv1, conv2 = e.subsampling.conv[0], e.subsampling.conv[2]
+        y = q["conv1"](F.relu(conv1(x.unsqueeze(1))))
+        y = q["conv2"](F.relu(conv2(y)))
+        n, c, t, f = y.shape
+        y = e.subsampling.out(y.transpose(1, 2).reshape(n, t, c * f))
+        lens = frames_after_subsampling(x_lens).clamp(min=0)
+        if e.stack is not None:
+            y, lens = stack_frames(q["sub"](y), lens, e.frame_stack, e.stack, ceil=False)
+        r = q["res0"](y)
+        for i, (norm, lstm) in enumerate(zip(e.norms, e.lstms)):
+            h = self.lstm(i, lstm, q[f"l{i}_x"](norm(r)))
+            r = q[f"res{i + 1}"].add(r, e.dropout(h))
+        out = q["out"](e.output(q["final"](e.final_norm(r))))
+        self.commit()
+        return out, lens
+
+    def infer(self, *args, **kwargs):
+        # Without this, attribute fallback would stream the *float* encoder without a word.
+        raise NotImplementedError("the fake-quantized encoder runs offline only; stream with the integer runtime "
+                                  "(edgeasr.emulator.intruntime.IntTransducer.from_model or an exported file)")
+
+    streaming_forward = infer
+
+    def lstm(self, i: int, lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+        """One quantized LSTM layer over ``x`` (N, T, H) from zero state -> h (N, T, H).
+
+        The input projection of all frames is one matmul; only the recurrence loops over time.
+        """
+        _weights(lstm)
+        qh, qc = self.q[f"l{i}_h"], self.q[f"l{i}_c"]
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        gx = fq(x @ lstm.weight_ih_l0.T + bias, GATE_SCALE, INT16)  # (N, T, 4H)
+        n, t, hid = x.size(0), x.size(1), lstm.hidden_size
+        h = x.new_zeros(n, hid)
+        c = x.new_zeros(n, hid)
+        outs = []
+        for k in range(t):
+            g = fq(gx[:, k] + fq(h @ lstm.weight_hh_l0.T, GATE_SCALE, INT16), GATE_SCALE, INT16)
+            gi, gf, gg, go = g.chunk(4, dim=1)  # torch's gate order
+            i_, f_, o_ = _unit(torch.sigmoid(gi), False), _unit(torch.sigmoid(gf), False), _unit(torch.sigmoid(go), False)
+            c = qc.add(f_ * c, i_ * _unit(torch.tanh(gg), True))
+            h = qh(o_ * _unit(torch.tanh(c), True))
+            outs.append(h)
+        return torch.stack(outs, dim=1)
+
+
+class QStatelessPredictor(_Wrapper):
+    """:class:`~edgeasr.models.StatelessPredictor` with points ``emb`` (looked-up embeddings),
+    ``conv`` (after depthwise conv + ReLU) and ``out``. Same decoding interface."""
+
+    def __init__(self, pred: nn.Module, bits: int = 8, momentum: float = 0.99):
+        super().__init__(pred, {n: ActQuant(bits, momentum) for n in ("emb", "conv", "out")})
+
+    def _head(self, y: torch.Tensor) -> torch.Tensor:
+        p, q = self.inner, self.q
+        emb = q["emb"](p._embed(y))
+        if p.conv is not None:
+            emb = p.conv(emb.transpose(1, 2)).transpose(1, 2)
+        out = q["out"](p.output(q["conv"](F.relu(emb))))
+        self.commit()
+        return out
+
+    def forward(self, y: torch.Tensor, y_lens: torch.Tensor | None = None) -> torch.Tensor:
+        return self._head(torch.cat([self.inner.start_context(y.size(0), y.device), y], dim=1))
+
+    def step(self, context: torch.Tensor) -> torch.Tensor:
+        return self._head(context)[:, -1]
+
+    def init_decoder(self, batch_size: int, device=None):
+        ctx = self.inner.start_context(batch_size, device)
+        return self.step(ctx), ctx
+
+    def step_tokens(self, tokens: torch.Tensor, state: torch.Tensor):
+        ctx = torch.cat([state[:, 1:], tokens.reshape(-1, 1).to(state.dtype)], dim=1)
+        return self.step(ctx), ctx
+
+    select_state = staticmethod(lambda state, index: state[index])
+
+    @staticmethod
+    def scatter_state(state, index, sub):
+        out = state.clone()
+        out[index] = sub
+        return out
+
+
+class QJoiner(_Wrapper):
+    """:class:`~edgeasr.models.Joiner`: ``sum`` = enc + pred (int16), tanh to int8 at 1/127, then the
+    output Linear whose int32 accumulators the runtime dequantizes (raw float logits here)."""
+
+    def __init__(self, joiner: nn.Module, residual_bits: int = 16, momentum: float = 0.99):
+        super().__init__(joiner, {"sum": ActQuant(residual_bits, momentum)})
+
+    def _out(self, s: torch.Tensor) -> torch.Tensor:
+        out = self.inner.output(fq(torch.tanh(s), TANH_OUT_SCALE, 127))
+        self.commit()
+        return out
+
+    def forward(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return self._out(self.q["sum"].add(enc.unsqueeze(2), pred.unsqueeze(1)))
+
+    def forward_frame(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return self._out(self.q["sum"].add(enc, pred))
+
+
+PARTS = ("encoder", "predictor", "joiner")
+
+
+def attach_activation_quant(model: nn.Module, bits: int = 8, residual_bits: int = 16, momentum: float = 0.99,
+                            scales: Mapping[str, float] | None = None, frozen: bool = False) -> nn.Module:
+    """Wrap ``model``'s encoder, predictor and joiner in place (LSTM encoder + stateless predictor only).
+
+    ``scales``: ``{"encoder.in": amax, ...}`` from :func:`detach_activation_quant` (a saved model's
+    ``meta["activation_quant"]["amax"]``); ``frozen`` keeps them fixed during training."""
+    from edgeasr.models.encoders import LstmEncoder
+    from edgeasr.models.predictor import StatelessPredictor
+
+    if is_quantized(model):
+        raise RuntimeError("activation quantization is already attached")
+    if not isinstance(model.encoder, LstmEncoder) or not isinstance(model.predictor, StatelessPredictor):
+        raise ValueError("activation quantization supports the LSTM encoder + stateless predictor student "
+                         f"(got {type(model.encoder).__name__} + {type(model.predictor).__name__})")
+    model.encoder = QLstmEncoder(model.encoder, bits, residual_bits, momentum)
+    model.predictor = QStatelessPredictor(model.predictor, bits, momentum)
+    model.joiner = QJoiner(model.joiner, residual_bits, momentum)
+    if scales is not None:
+        missing = sorted(set(point_names(model)) - set(scales))
+        if missing:
+            raise ValueError(f"activation scales are missing for {missing}")
+        for name, q in quant_points(model):
+            q.amax.fill_(float(scales[name]))
+    for _, q in quant_points(model):
+        q.frozen = frozen
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return isinstance(model.encoder, _Wrapper)
+
+
+def quant_points(model: nn.Module) -> Iterable[tuple[str, ActQuant]]:
+    for part in PARTS:
+        w = getattr(model, part)
+        if isinstance(w, _Wrapper):
+            for k, q in w.q.items():
+                yield f"{part}.{k}", q
+
+
+def point_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in quant_points(model)]
+
+
+def activation_spec(model: nn.Module) -> dict[str, Any]:
+    """What a model file stores: per point its bits, power-of-two flag, ``amax`` and effective scale."""
+    return {"gate_scale": GATE_SCALE, "unit_scale": UNIT_SCALE, "tanh_out_scale": TANH_OUT_SCALE,
+            "rounding": "half_up",
+            "amax": {n: float(q.amax) for n, q in quant_points(model)},
+            "points": {n: {"bits": q.bits, "pow2": q.pow2, "scale": q.scale()} for n, q in quant_points(model)}}
+
+
+def detach_activation_quant(model: nn.Module) -> dict[str, Any]:
+    """Unwrap in place (the float modules come back unchanged); returns :func:`activation_spec`."""
+    spec = activation_spec(model)
+    for part in PARTS:
+        w = getattr(model, part)
+        if isinstance(w, _Wrapper):
+            setattr(model, part, w.inner)
+    return spec
+
+
+@contextmanager
+def float_view(model: nn.Module):
+    """The model without its activation quantizers for the duration (e.g. MAC profiling, which
+    hooks ``nn.LSTM`` calls that the quantized encoder replaces by its own loop)."""
+    if not is_quantized(model):
+        yield model
+        return
+    wrappers = {p: getattr(model, p) for p in PARTS}
+    for p, w in wrappers.items():
+        setattr(model, p, w.inner)
+    try:
+        yield model
+    finally:
+        for p, w in wrappers.items():
+            setattr(model, p, w)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Mapping[str, Any]], labels: bool = True) -> int:
+    """Set every point's ``amax`` to the mean per-batch max |x| of the float model over ``batches``
+    (DataModule batches: ``features``, ``feature_lens``, ``tokens``). Returns the batch count."""
+    points = [q for _, q in quant_points(model)]
+    was_training = model.training
+    model.eval()
+    for q in points:
+        q.calibrating = True
+    n = 0
+    try:
+        for batch in batches:
+            model(batch["features"], batch["feature_lens"], batch["tokens"])
+            n += 1
+    finally:
+        for q in points:
+            q.finish_calibration()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("calibration got no batches")
+    return n

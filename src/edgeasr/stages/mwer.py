@@ -1,0 +1,166 @@
+"""The ``mwer`` stage: minimum word error rate fine-tuning (Guo et al., Interspeech 2020) of the
+compressed student (``data/compress/model.pt``).
+
+The loaded model's pruning masks are recovered from its exact zeros and stay FIXED (no pruning
+callback), and its weights keep being fake-quantized at the compress stage's ``bits``: the
+optimizer updates float master weights, every forward sees ``fake_quant(W_orig * mask)``. When
+the compress stage also quantized activations (``meta["compression"]["activation_quant"]``), the
+same requantization points are re-attached with the saved scales, FROZEN: the fine-tuned model
+runs on the integer runtime with exactly the scales the export stage reads from its meta. At the
+end the model is materialized (pruned entries exactly 0, the rest on the per-channel grid) and
+checked: same zero pattern as the loaded model, every weight on the grid.
+
+Training: :class:`edgeasr.training.mwer.MwerLitModule` (N-best decoded on the fly, full-sum
+rescoring, MWER + RNN-T loss) over the labeled train splits.
+
+Outputs: ``data/mwer/model.pt`` (meta ``compression`` carried over), ``data/mwer/results/``
+(recogs/errs per split before (``before/``) and after, learning curve, cost table),
+``data/mwer/checkpoints/``, ``reports/mwer.json`` with ``before/wer/<split>``, ``wer/<split>``,
+``wer_ratio_to_before``, ``sparsity``, ``size_bytes``, ``emulated_latency_ms``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
+
+log = logging.getLogger(__name__)
+
+STAGE = "mwer"
+
+
+def keep_kept_weights_nonzero(comp) -> int:
+    """Move every kept (mask = 1) master weight that would quantize to level 0 to level ±1.
+
+    Training may drag an unpruned weight into the zero bin of the grid; materialized, it would be
+    an exact 0 that the next stage (``masks_from_zeros``) and the size model count as pruned, so
+    the sparsity pattern would silently change. One grid step is the smallest representable change
+    that keeps the bitmap the compress stage produced. Returns how many weights moved.
+    """
+    import torch
+
+    from edgeasr.compression.quant import channel_scale
+
+    moved = 0
+    with torch.no_grad():
+        for t in comp.targets:
+            w = t.effective()
+            scale = channel_scale(w, comp.bits).expand_as(w)
+            fix = t.mask & (torch.round(w / scale) == 0)
+            if fix.any():
+                sign = torch.where(t.orig[fix] < 0, -1.0, 1.0).to(w.dtype)
+                t.orig[fix] = sign * scale[fix]
+                moved += int(fix.sum())
+    comp.refresh()
+    return moved
+
+
+def check_compression(model, zero_masks: dict[str, "torch.Tensor"], bits: int) -> None:  # noqa: F821
+    """Raise ``RuntimeError`` unless every compressed weight of ``model`` has exactly the zeros in
+    ``zero_masks`` (name -> bool, True = pruned) and lies on the ``bits`` per-channel grid."""
+    import torch
+
+    from edgeasr.compression.quant import channel_scale
+
+    params = dict(model.named_parameters())
+    for name, pruned in zero_masks.items():
+        w = params[name].detach()
+        if not torch.equal(w == 0, pruned):
+            new, revived = int(((w == 0) & ~pruned).sum()), int(((w != 0) & pruned).sum())
+            raise RuntimeError(f"mwer changed the sparsity pattern of {name}: {revived} pruned weights are "
+                               f"non-zero, {new} kept weights became 0")
+        r = w / channel_scale(w, bits)
+        off = float((r - torch.round(r)).abs().max())
+        if off > 1e-3:
+            raise RuntimeError(f"{name} is off the {bits}-bit grid after mwer (max {off:.4f} grid steps)")
+
+
+def attach_saved_activation_quant(model, spec: dict | None):
+    """Re-attach the compress stage's activation fake-quantization (scales frozen) when ``spec``
+    (``meta["compression"]["activation_quant"]``) is given; raise if the points differ from it."""
+    from edgeasr.compression import activation_spec, attach_activation_quant
+
+    if not spec:
+        return model
+    attach_activation_quant(model, scales=spec["amax"], frozen=True)
+    have = {n: (p["bits"], p["pow2"]) for n, p in activation_spec(model)["points"].items()}
+    want = {n: (p["bits"], p["pow2"]) for n, p in spec.get("points", {}).items()}
+    if want and have != want:
+        diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
+        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant builds at {diff}")
+    return model
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    import torch
+
+    from edgeasr.compression import Compression, activation_spec, float_view, weight_targets
+    from edgeasr.config import sweep_job_dir
+    from edgeasr.models.io import load_model, save_model
+    from edgeasr.tracking import stage_run
+    from edgeasr.training.mwer import MwerLitModule
+
+    section = cfg[STAGE]
+    data_dir = Path(cfg.paths.data_dir)
+    job = sweep_job_dir()  # a Hydra multirun job writes into its own folder, never into data/
+    out = (job / "data" if job else data_dir) / STAGE
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "trainer", "hw", STAGE]), resolve=True)
+
+    with stage_run(STAGE, cfg, params=params, report_dir=job / "reports" if job else None) as tracker:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+        src = data_dir / "compress" / "model.pt"
+        model, meta = load_model(src)
+        if "compression" not in meta:
+            raise ValueError(f"{src} has no 'compression' meta: mwer fine-tunes the compress stage's output")
+        compression = dict(meta["compression"])
+        bits = int(compression["bits"])
+        model_cfg = meta["model_cfg"]
+        dm = stage_datamodule(cfg, section)
+        metrics: dict[str, float] = {}
+
+        act_spec = compression.get("activation_quant")
+        zero_masks = {name: (getattr(mod, attr).detach() == 0) for name, mod, attr in weight_targets(model)}
+
+        # Before: the loaded compressed model exactly as compress shipped and reported it.
+        shipped = attach_saved_activation_quant(copy.deepcopy(model), act_spec).eval()
+        before, _ = report_model(cfg, shipped, dm, section, results / "before", bits=bits)
+        metrics.update({f"before/{k}": v for k, v in before.items() if k.startswith("wer") or k == "sparsity"})
+        del shipped
+
+        model.train()
+        # Masks from the exact zeros, fixed: no pruning callback, so pruned weights stay 0 (zero
+        # gradient through the mask) and the fake quantizer keeps training on the deployed grid.
+        # Weights first, then activations (the quantized encoder runs the weight hooks itself).
+        comp = Compression(model, bits=bits, masks_from_zeros=True)
+        attach_saved_activation_quant(model, act_spec)
+        src_fp = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        model, dm, curve, speed, trainer = train_transducer(
+            cfg, STAGE, OmegaConf.create(model_cfg), section, tracker, out, datamodule=dm, model=model,
+            lit_factory=lambda m, d, sec: default_lit(m, d, sec, cls=MwerLitModule, nbest=int(sec.nbest),
+                                                      mwer_weight=float(sec.mwer_weight)),
+            fingerprint_extra=src_fp)
+        metrics["kept_weights_moved_off_zero"] = keep_kept_weights_nonzero(comp)
+        comp.materialize()
+        if act_spec:
+            compression["activation_quant"] = activation_spec(model)
+        with float_view(model) as plain:
+            check_compression(plain, zero_masks, bits)
+            save_model(out / "model.pt", plain, model_cfg,
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": compression})
+
+        after, cost = report_model(cfg, model, dm, section, results, bits=bits)
+        metrics.update(after)
+        if after["sparsity"] != before["sparsity"]:
+            raise RuntimeError(f"sparsity changed from {before['sparsity']} to {after['sparsity']}")
+        if metrics.get("before/wer/test"):
+            metrics["wer_ratio_to_before"] = round(metrics["wer/test"] / metrics["before/wer/test"], 4)
+        finish_stage(STAGE, tracker, metrics, results, out / "model.pt", curve, cost, speed, trainer)
+    return metrics

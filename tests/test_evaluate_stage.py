@@ -1,0 +1,97 @@
+"""The evaluate stage on the tiny corpus, from an exported student where the export stage puts it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import compose
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def export_root(tiny_prepared, tmp_path, monkeypatch):
+    """A workspace with the tiny corpus and a 50 %-sparse int8 student at data/export/student.edgeasr
+    (untrained: WER means nothing, the work counted is real)."""
+    import torch
+
+    from edgeasr.compression import (Compression, activation_spec, attach_activation_quant, calibrate, float_view,
+                                     layer_mask)
+    from edgeasr.data.tokenizer import Tokenizer
+    from edgeasr.export.student import export_student
+    from edgeasr.models import build_transducer
+
+    root, cfg, _ = tiny_prepared
+    shutil.copytree(root / "data" / "prepare", tmp_path / "data" / "prepare")
+    tok = Tokenizer(tmp_path / "data/prepare/tokenizer/bpe.model")
+    torch.manual_seed(0)
+    from omegaconf import OmegaConf
+
+    model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": tok.vocab_size}
+    model = build_transducer(model_cfg)
+    comp = Compression(model, bits=8)
+    comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
+    comp.materialize()
+    attach_activation_quant(model)
+    gen = torch.Generator().manual_seed(0)
+    calibrate(model, [{"features": torch.randn(2, 300, 80, generator=gen) * 3 + 10,
+                       "feature_lens": torch.tensor([300, 280]), "tokens": [[1, 2, 3], [4, 5]]} for _ in range(2)])
+    meta = {"model_cfg": model_cfg,
+            "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model.eval())}}
+    tokens = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
+    with float_view(model) as plain:
+        export_student(plain, meta, tokens, tmp_path / "data/export/student.edgeasr", encoding=("dense", "bitmap"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root):
+    from mlflow.tracking import MlflowClient
+
+    from edgeasr.stages.evaluate import run
+
+    cfg = compose(["experiment=tiny", "trainer.progress=false"])
+    metrics = run(cfg)
+    report = json.loads((export_root / "reports/evaluate.json").read_text())
+    assert report == pytest.approx(metrics)
+    for split in cfg.evaluate.eval_splits:
+        assert f"wer/{split}" in report
+        assert (export_root / f"data/evaluate/results/recogs-{split}.txt").is_file()
+    for v in ("fp32", "dense_int8", "sparse_int8"):
+        for k in ("latency_ms_median", "latency_ms_p90", "rtf_median", "rtf_p90", "eos_latency_ms_median",
+                  "eos_latency_ms_p90", "energy_uj_median", "power_mw", "utilization", "weight_bytes"):
+            assert f"{v}/{k}" in report, (v, k)
+        assert report[f"{v}/latency_ms_p90"] >= report[f"{v}/latency_ms_median"] > 0
+        assert 0 < report[f"{v}/utilization"] <= 1
+    assert report["latency_utts"] in (cfg.evaluate.num_latency_utts, cfg.evaluate.num_latency_utts + 1)  # + median
+    assert report["streaming_identical_to_offline"] == 1.0
+    assert report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert report["speedup/sparse_vs_dense"] > 1 and report["speedup/sparse_vs_fp32"] > report["speedup/sparse_vs_dense"]
+    # the acceptance figures, on the real exported file
+    assert report["hw/compute_bound/speedup_sparse_vs_dense"] >= 1.8
+    assert report["hw/memory_bound/time_ratio_sparse_vs_dense"] == pytest.approx(
+        report["hw/memory_bound/bytes_moved_ratio_sparse_vs_dense"], rel=1e-5)
+    for v in ("fp32", "dense_int8", "sparse_int8"):  # dense/bitmap export: all three comparable with cost.py
+        assert report[f"calibration/{v}/max_rel_diff"] <= 1e-12
+    assert report["emulated_latency_ms"] > 0 and report["analytic/emulated_latency_ms"] > 0
+
+    results = export_root / "data/evaluate/results"
+    layers = json.loads((results / "layers.json").read_text())
+    assert {"fp32", "dense_int8", "sparse_int8"} <= set(layers["median_utterance"])
+    assert any(row["name"] == "encoder.lstms.0" for row in layers["sample_total"]["sparse_int8"]["layers"])
+    assert "encoder.lstms.0" in (results / "layers.txt").read_text()
+    assert (results / "roofline.png").stat().st_size > 5000
+    profiles = json.loads((results / "profiles.json").read_text())
+    assert set(profiles) == {"edge_npu", "compute_bound", "memory_bound", "ethos_u65"}
+
+    client = MlflowClient(f"sqlite:///{export_root}/mlflow.db")
+    run_ = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
+            if r.info.run_name == "evaluate"][0]
+    arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \
+        {a.path for a in client.list_artifacts(run_.info.run_id, "results")}
+    assert {"roofline.png", "results/layers.json", "results/layers.txt"} <= arts
+    assert run_.data.metrics["hw/compute_bound/speedup_sparse_vs_dense"] >= 1.8

@@ -1,0 +1,47 @@
+"""The export stage on the tiny corpus: compress a tiny student, export it, and check the file, its
+loader and the integer runtime against the fake-quantized model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import compose
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_export_writes_a_validated_file_the_integer_runtime_decodes(student_root):
+    from edgeasr.export import ExportFormatError, read_container, write_container
+    from edgeasr.export.student import load_student
+    from edgeasr.stages.compress import run as compress
+    from edgeasr.stages.export import run as export
+
+    compress(compose(["experiment=tiny", "trainer.progress=false", "compress.baseline=false",
+                      "compress.eval_splits=[test]"]))
+    metrics = export(compose(["experiment=tiny", "trainer.progress=false", "export.source=compress"]))
+    report = json.loads((student_root / "reports/export.json").read_text())
+    assert report == pytest.approx(metrics)
+    path = student_root / "data/export/student.edgeasr"
+    assert report["size_bytes"] == path.stat().st_size
+    assert abs(report["sparsity"] - 0.5) < 0.02
+    # the integer runtime and the fake-quantized model it came from decode (nearly) alike
+    assert report["identical_transcripts/test"] >= 0.8
+    assert report["wer_abs_diff_vs_fakequant/test"] <= 5.0
+    assert report["logit_max_abs_diff"] < 0.1
+    assert (student_root / "data/export/results/recogs-test.txt").is_file()
+
+    rt = load_student(path)
+    assert rt.header["format"] == "edgeasr-student" and len(rt.tokens) == rt.joiner.vocab_size
+    # a valid container that is not an exported student is refused by name
+    c = read_container(path)
+    foreign = student_root / "foreign.edgeasr"
+    write_container(foreign, {**c.header, "format": "something-else"}, c.tensors)
+    with pytest.raises(ExportFormatError, match="not an exported student"):
+        load_student(foreign)
+    # and so is one whose tensors do not match its header's model
+    broken = student_root / "broken.edgeasr"
+    write_container(broken, c.header, {k: v for k, v in c.tensors.items() if "lstms.1" not in k})
+    with pytest.raises(ExportFormatError, match="do not match"):
+        load_student(broken)
