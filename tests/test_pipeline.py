@@ -68,3 +68,31 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
         assert "oov_rate_percent/test" in child.data.metrics
         assert "filtered/total" in child.data.metrics
         assert child.data.params["data.splits.train.hours"] == "0.05"
+
+    # The whole-pipeline report: DVC plots over reports/pipeline.csv, and the notebook over MLflow
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "reports/pipeline.csv")))
+    assert [r["stage"] for r in rows] == ["train_teacher", "distill", "compress", "mwer", "export"]
+    assert all(float(r["wer_test"]) >= 0 and float(r["size_kb"]) > 0 for r in rows)
+    assert float(rows[-1]["size_kb"]) < float(rows[1]["size_kb"]) / 3  # int8 + 50 % sparse file << fp32 student
+    _sh("dvc plots show -o plots_html", tmp_path, env)
+    html = (tmp_path / "plots_html/index.html").read_text()
+    assert "wer_by_stage" in html and "exported (integer runtime)" in html
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks/compare_runs.ipynb", as_version=4)
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"{len([c for c in children if c.info.run_name != 'prepare'])} stage runs with WER and size from 2" in printed
+    assert (tmp_path / "compare_runs.png").stat().st_size > 10_000

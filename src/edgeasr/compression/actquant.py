@@ -36,14 +36,33 @@ INT16 = 32767
 TANH_OUT_SCALE = 1.0 / 127  # the joiner's tanh output, int8
 
 
-def fq(x: torch.Tensor, scale: float | torch.Tensor, qmax: int, qmin: int | None = None) -> torch.Tensor:
+class _FakeQuant(torch.autograd.Function):
+    """One fused pass instead of a chain of autograd ops: the joiner lattice (N, T, U+1, J) goes
+    through it in every training step."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float, qmin: int, qmax: int):
+        ctx.save_for_backward((x >= qmin * scale) & (x <= qmax * scale))
+        return _round(x, scale, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def _round(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    return torch.div(x, scale).add_(0.5).floor_().clamp_(qmin, qmax).mul_(scale)
+
+
+def fq(x: torch.Tensor, scale: float, qmax: int, qmin: int | None = None) -> torch.Tensor:
     """Round ``x`` to ``k * scale`` with integer ``k`` in ``[qmin, qmax]`` (default ``-qmax``), half up.
 
     Straight-through gradient inside the range, zero outside (the clamp's gradient)."""
     qmin = -qmax if qmin is None else qmin
-    xc = torch.clamp(x, qmin * scale, qmax * scale)
-    q = torch.clamp(torch.floor(x / scale + 0.5), qmin, qmax) * scale
-    return xc + (q - xc).detach()
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FakeQuant.apply(x, float(scale), qmin, qmax)
+    return _round(x, float(scale), qmin, qmax)
 
 
 class ActQuant(nn.Module):
@@ -87,13 +106,17 @@ class ActQuant(nn.Module):
         return x if self.calibrating else fq(x, self.scale(), self.qmax)
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a + b`` on this grid as the runtime adds: each term rounded to the output scale, summed, saturated."""
-        self.track(a + b)
+        """``a + b`` on this grid as the runtime adds: each term rounded to the output scale, summed,
+        saturated. Broadcasting happens after the terms are rounded (the joiner's lattice costs one add)."""
         if self.calibrating:
-            return a + b
+            y = a + b
+            self.track(y)
+            return y
         s = self.scale()
         big = 4 * self.qmax  # terms are rounded but not clamped; only the sum saturates
-        return fq(fq(a, s, big) + fq(b, s, big), s, self.qmax)
+        y = fq(a, s, big) + fq(b, s, big)
+        self.track(y)
+        return fq(y, s, self.qmax)
 
     @torch.no_grad()
     def commit(self) -> None:

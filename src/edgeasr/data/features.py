@@ -1,9 +1,13 @@
-"""Kaldi fbank exactly as sherpa-onnx computes it at run time (NOTES.md §8).
+"""Kaldi fbank on samples scaled to the int16 range, as Kaldi and sherpa-onnx compute it when they
+are given int16-range samples (NOTES.md §8).
 
-lhotse's own ``Fbank`` works on samples in [-1, 1]; sherpa-onnx (and Kaldi) scale samples to the
-int16 range first, which shifts every log-mel bin by ~20.8. Training on lhotse's features and
-deploying to sherpa-onnx would then silently mismatch, so edgeasr registers this extractor with
-lhotse and uses it everywhere (prepare, on-the-fly features, the transcribe CLI).
+lhotse's own ``Fbank`` works on samples in [-1, 1]; scaling to the int16 range shifts every log-mel
+bin by ~20.8 (log 32768²) and changes where the energy floor clamps. edgeasr registers this
+extractor with lhotse and uses it everywhere (prepare, on-the-fly features, the transcribe CLI).
+
+Measured with sherpa-onnx 2.0.1: its default (``normalize_samples=True``) does NOT scale, so a
+device app must either pass ``normalize_samples=False`` (streaming Python API) or multiply samples
+by 32768 itself; otherwise transcripts silently differ (docs/deploy.md §2).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ import math
 import torch
 
 
-def mwer_loss(nbest_log_probs: torch.Tensor, word_errors: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def mwer_loss(nbest_log_probs: torch.Tensor, word_errors: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-utterance MWER loss.
 
     Args:

@@ -93,7 +93,8 @@ def attach_saved_activation_quant(model, spec: dict | None):
     want = {n: (p["bits"], p["pow2"]) for n, p in spec.get("points", {}).items()}
     if want and have != want:
         diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
-        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant builds at {diff}")
+        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant "
+                         f"builds at {diff}")
     return model
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -83,7 +84,8 @@ class MwerLitModule(TransducerLitModule):
 
     Logged per step: ``train/mwer_loss`` (weighted), ``train/nbest_expected_errors`` (E_P̂[W]),
     ``train/nbest_oracle_errors`` (best hypothesis in the list) and ``train/nbest_top_errors``
-    (the beam's first hypothesis), all per utterance, and ``train/nbest_size``.
+    (the beam's first hypothesis), all per utterance, ``train/nbest_size`` and
+    ``train/nbest_decode_s`` (seconds spent decoding the batch's N-best lists).
     """
 
     needs_logits = True  # the forward's outputs then carry enc_out / enc_lens (reused, not recomputed)
@@ -106,7 +108,9 @@ class MwerLitModule(TransducerLitModule):
             self.model.train(was_training)
 
     def extra_losses(self, batch: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
         nbest = self._decode(batch)
+        decode_s = time.perf_counter() - t0
         errs = torch.zeros(len(nbest), self.nbest)
         for i, (ref, hyps) in enumerate(zip(batch["texts"], nbest)):
             if ref is None:
@@ -125,5 +129,6 @@ class MwerLitModule(TransducerLitModule):
                 "train/nbest_oracle_errors": float(torch.where(mask, errs, big).amin(1).clamp(max=1e9).sum()) / n,
                 "train/nbest_top_errors": float(errs[:, 0].sum()) / n,
                 "train/nbest_size": float(mask.sum()) / n,
+                "train/nbest_decode_s": decode_s,  # against the step time: the on-the-fly decision
             }, batch_size=n)
         return {"mwer_loss": self.mwer_weight * loss.sum()}
