@@ -80,3 +80,38 @@ def student_root(tiny_prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+# A tiny LSTM student for runtime/emulator tests that need no corpus.
+TINY_STUDENT_CFG = {"vocab_size": 48, "joiner_dim": 48, "ctc_weight": 0.0,
+                    "encoder": {"type": "lstm", "hidden": 48, "num_layers": 2, "subsampling_channels": 8,
+                                "frame_stack": 2},
+                    "predictor": {"type": "stateless", "embed_dim": 48, "context_size": 2}}
+
+
+def random_batch(gen, n=3, t=180):
+    """A DataModule-shaped batch of fbank-like random features and random labels."""
+    import torch
+
+    x = torch.randn(n, t, 80, generator=gen) * 3 + 10
+    lens = torch.tensor([t - 9 * i for i in range(n)])
+    return {"features": x, "feature_lens": lens, "tokens": torch.randint(1, 48, (n, 8), generator=gen).tolist()}
+
+
+def quantized_tiny_student():
+    """``TINY_STUDENT_CFG`` 50 % pruned per layer, int8 weights, activation scales calibrated on 3
+    random batches, in eval mode; returns ``(model, gen)`` with the generator for further batches."""
+    import torch
+
+    from edgeasr.compression import Compression, attach_activation_quant, calibrate, layer_mask
+    from edgeasr.models import build_transducer
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = build_transducer(TINY_STUDENT_CFG)
+    comp = Compression(model, bits=8)
+    comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
+    comp.materialize()
+    attach_activation_quant(model)
+    calibrate(model, [random_batch(gen) for _ in range(3)])
+    return model.eval(), gen

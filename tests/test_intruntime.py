@@ -7,37 +7,19 @@ import math
 import pytest
 import torch
 
-from edgeasr.compression import (Compression, activation_spec, attach_activation_quant, calibrate, layer_mask,
-                                 quant_points)
+from conftest import TINY_STUDENT_CFG, quantized_tiny_student, random_batch
+from edgeasr.compression import activation_spec, attach_activation_quant, quant_points
 from edgeasr.emulator.intruntime import IntLayerNorm, IntTransducer, isqrt, multiplier, requant
 
-CFG = {"vocab_size": 48, "joiner_dim": 48, "ctc_weight": 0.0,
-       "encoder": {"type": "lstm", "hidden": 48, "num_layers": 2, "subsampling_channels": 8, "frame_stack": 2},
-       "predictor": {"type": "stateless", "embed_dim": 48, "context_size": 2}}
-
-
-def _batch(gen, n=3, t=180):
-    x = torch.randn(n, t, 80, generator=gen) * 3 + 10
-    lens = torch.tensor([t - 9 * i for i in range(n)])
-    return {"features": x, "feature_lens": lens, "tokens": torch.randint(1, 48, (n, 8), generator=gen).tolist()}
+CFG = TINY_STUDENT_CFG
 
 
 @pytest.fixture(scope="module")
 def quantized():
     """A tiny student, 50 % pruned, int8 weights, activation scales calibrated; plus its runtime."""
-    from edgeasr.models import build_transducer
-
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(1)
-    model = build_transducer(CFG)
-    comp = Compression(model, bits=8)
-    comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
-    comp.materialize()
-    attach_activation_quant(model)
-    calibrate(model, [_batch(gen) for _ in range(3)])
-    model.eval()
+    model, gen = quantized_tiny_student()
     spec = activation_spec(model)
-    return model, spec, IntTransducer.from_model(model, spec, 8, CFG), _batch(gen, 3, 240)
+    return model, spec, IntTransducer.from_model(model, spec, 8, CFG), random_batch(gen, 3, 240)
 
 
 def test_requantization_rounds_half_up_except_within_multiplier_precision():

@@ -12,25 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeasr.compression import Compression, activation_spec, attach_activation_quant, calibrate, float_view, layer_mask
+from conftest import TINY_STUDENT_CFG, quantized_tiny_student
+from edgeasr.compression import activation_spec, float_view
 from edgeasr.emulator import HwProfile, npu
 from edgeasr.emulator.cost import PLACEMENTS, LayerWork, roofline
 
 HW_DIR = Path(__file__).resolve().parents[1] / "conf" / "hw"
-CFG = {"vocab_size": 48, "joiner_dim": 48, "ctc_weight": 0.0,
-       "encoder": {"type": "lstm", "hidden": 48, "num_layers": 2, "subsampling_channels": 8, "frame_stack": 2},
-       "predictor": {"type": "stateless", "embed_dim": 48, "context_size": 2}}
+CFG = TINY_STUDENT_CFG
 CHUNK = 32  # 320 ms of 10 ms frames
 
 
 def hw(name: str) -> HwProfile:
     return HwProfile.from_yaml(HW_DIR / f"{name}.yaml")
-
-
-def _batch(gen, n=3, t=180):
-    x = torch.randn(n, t, 80, generator=gen) * 3 + 10
-    lens = torch.tensor([t - 9 * i for i in range(n)])
-    return {"features": x, "feature_lens": lens, "tokens": torch.randint(1, 48, (n, 8), generator=gen).tolist()}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,23 +41,14 @@ def student(tmp_path_factory):
     NPU-decodable encodings (dense / bitmap, cost.py's formats) and loaded back as the runtime."""
     from edgeasr.export import read_container
     from edgeasr.export.student import export_student, load_student
-    from edgeasr.models import build_transducer
 
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(1)
-    model = build_transducer(CFG)
-    comp = Compression(model, bits=8)
-    comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
-    comp.materialize()
-    attach_activation_quant(model)
-    calibrate(model, [_batch(gen) for _ in range(3)])
-    model.eval()
+    model, gen = quantized_tiny_student()
     meta = {"model_cfg": CFG, "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model)}}
     path = tmp_path_factory.mktemp("npu") / "student.edgeasr"
     with float_view(model) as plain:
         export_student(plain, meta, [f"t{i}" for i in range(48)], path, encoding=("dense", "bitmap"))
     container = read_container(path)
-    rt = load_student(path)
+    rt = load_student(path, container)
     spec = npu.ModelSpec.from_container(container)
     feats = torch.randn(403, 80, generator=gen) * 3 + 10  # 4.03 s
     trace = npu.stream_utterance(rt, spec, feats, CHUNK)

@@ -35,10 +35,11 @@ def export_student(model, meta: Mapping[str, Any], tokens: Sequence[str], path: 
     return write_container(path, header, records_from_model(model, bits, encoding))
 
 
-def load_student(path: str | Path):
+def load_student(path: str | Path, container=None):
     """-> :class:`~edgeasr.emulator.intruntime.IntTransducer` with ``tokens`` and ``header``.
 
-    Raises :class:`~edgeasr.export.ExportFormatError` naming the file for anything that is not an
+    ``container``: ``read_container(path)`` if the caller has already read it (saves a second read
+    and checksum pass). Raises :class:`~edgeasr.export.ExportFormatError` naming the file for anything that is not an
     intact exported student."""
     import torch
 
@@ -46,7 +47,7 @@ def load_student(path: str | Path):
 
     from .container import ExportFormatError, read_container
 
-    c = read_container(path)
+    c = container if container is not None else read_container(path)
     h = c.header
     fix = "re-export it with `dvc repro export`"
     if h.get("format") != FORMAT_NAME:

@@ -128,7 +128,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     import torch
 
     from edgeasr import pipeline_report
-
     from edgeasr.decoding import greedy_search
     from edgeasr.emulator import HwProfile, npu
     from edgeasr.emulator.transducer import transducer_latency
@@ -152,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; run the export stage first (`dvc repro export`)")
         container = read_container(path)
-        rt = load_student(path)
+        rt = load_student(path, container)
         spec = npu.ModelSpec.from_container(container, host_layers=list(section.host_layers))
         placement = str(section.placement)
         variants = npu.VARIANTS

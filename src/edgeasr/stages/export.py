@@ -50,9 +50,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         encoding = section.encoding if isinstance(section.encoding, str) else tuple(section.encoding)
         size = export_student(model, meta, tokens, path, encoding=encoding,
                               extra={"source": {"stage": str(section.source), "steps": meta.get("steps")}})
-        rt = load_student(path)  # what a device would load: validated, then run in integers
-
-        c = read_container(path)
+        c = read_container(path)  # what a device would load: validated, then run in integers
+        rt = load_student(path, c)
         weights = [r for r in c.tensors.values() if r.kind == "qweight"]
         n_weights = sum(r.values.size for r in weights)
         zeros = sum(int((r.values == 0).sum()) for r in weights)
