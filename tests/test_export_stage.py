@@ -30,6 +30,9 @@ def test_tiny_export_writes_a_validated_file_the_integer_runtime_decodes(student
     assert report["identical_transcripts/test"] >= 0.8
     assert report["wer_abs_diff_vs_fakequant/test"] <= 5.0
     assert report["logit_max_abs_diff"] < 0.1
+    compress_report = json.loads((student_root / "reports/compress.json").read_text())
+    for key in ("slot_wer", "carrier_wer"):  # per word class, beside wer (the synthetic corpus has them)
+        assert report[key] == report[f"{key}/test"] and key in compress_report
     assert (student_root / "data/export/results/recogs-test.txt").is_file()
 
     rt = load_student(path)

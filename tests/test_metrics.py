@@ -79,3 +79,57 @@ def test_successive_errors_are_grouped():
     from edgeasr.metrics import _align, _combine
 
     assert " ".join(_combine(_align("call mom now".split(), "all men now".split()))) == "(call mom->all men) now"
+
+
+def test_word_class_counts_on_hand_built_alignments():
+    acc = WerAccumulator()
+    # "john" -> "jon": a substitution inside the slot value; "now" deleted: a carrier deletion.
+    acc.update(["call john smith now"], ["call jon smith"], ids=["a"], classes=["cssc"])
+    assert (acc.class_errors, acc.class_words) == ({"s": 1, "c": 1}, {"s": 2, "c": 2})
+    assert acc.slot_wer == pytest.approx(50.0) and acc.carrier_wer == pytest.approx(50.0)
+    # Insertions: "uh" between carrier "play" and slot "jazz" -> slot; "please" after the last
+    # (carrier) word -> carrier; "now" between two carrier words -> carrier.
+    b = WerAccumulator()
+    b.update(["play jazz in the kitchen", "turn it up"], ["play uh jazz in the kitchen", "turn it now up please"],
+             classes=["csccs", list("ccc")])
+    assert b.ins == 3 and b.class_errors == {"s": 1, "c": 2}
+    assert b.class_words == {"s": 2, "c": 6}
+    # An insertion at the start counts for the first word's class; into an empty reference: carrier.
+    c = WerAccumulator()
+    c.update(["mom", "play music", ""], ["hi mom", "play music", "hello"], classes=["s", "cc", ""])
+    assert c.class_errors == {"s": 1, "c": 1} and c.class_words == {"s": 1, "c": 2}
+    assert c.carrier_wer == pytest.approx(50.0) and c.slot_wer == pytest.approx(100.0)
+    # Slot + carrier errors are all the errors, whatever the mix.
+    for x in (acc, b, c):
+        assert sum(x.class_errors.values()) == x.errors and sum(x.class_words.values()) == x.words
+    s = acc.merge(b).summary()
+    assert (s["slot_errors"], s["slot_words"], s["carrier_errors"], s["carrier_words"]) == (2, 4, 3, 8)
+    assert s["slot_wer"] == pytest.approx(50.0) and s["carrier_wer"] == pytest.approx(300 / 8)
+    assert s["errors"] == s["slot_errors"] + s["carrier_errors"]
+
+
+def test_word_classes_absent_or_wrong():
+    acc = WerAccumulator()
+    acc.update(["a b"], ["a c"])
+    assert not acc.has_classes and acc.slot_wer is None and acc.carrier_wer is None
+    assert "slot_wer" not in acc.summary()
+    # one utterance without classes makes the per-class figures absent for the whole set
+    acc.update(["x y"], ["x y"], classes=["cs"])
+    assert acc.slot_wer is None and "carrier_wer" not in acc.summary()
+    for bad in (["s"], ["sx"]):  # wrong length, unknown class
+        with pytest.raises(ValueError, match="word classes"):
+            WerAccumulator().update(["a b"], ["a b"], classes=bad)
+    with pytest.raises(ValueError):
+        WerAccumulator().update(["a", "b"], ["a", "b"], classes=["s"])
+
+
+def test_errs_file_reports_classes(tmp_path):
+    acc = WerAccumulator()
+    acc.update(["call john smith now"], ["call jon smith"], ids=["a"], classes=["cssc"])
+    acc.write_errs(tmp_path / "errs.txt")
+    errs = (tmp_path / "errs.txt").read_text().splitlines()
+    assert errs[0] == "%WER = 50.00" and errs[2].startswith("Slot words: %WER = 50.00 (1 errors / 2 words)")
+    plain = WerAccumulator()
+    plain.update(["call john smith now"], ["call jon smith"], ids=["a"])
+    plain.write_errs(tmp_path / "plain.txt")
+    assert "Slot words" not in (tmp_path / "plain.txt").read_text()

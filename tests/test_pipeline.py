@@ -60,6 +60,10 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
     for parent_id in by_parent:  # each invocation's parent carries every stage's report
         assert "prepare/hours/train" in parents[parent_id].data.metrics
     for child in children:
+        if child.info.run_name == "reference":  # Whisper: no sparsity or emulated latency (see test_reference.py)
+            assert {"wer", "wer_whisper_norm", "size_bytes", "rtf/test"} <= set(child.data.metrics)
+            assert child.data.metrics["skipped"] == 0
+            continue
         if child.info.run_name != "prepare":
             assert {"wer", "sparsity", "size_bytes", "emulated_latency_ms"} <= set(child.data.metrics)
             continue
@@ -73,9 +77,14 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "reports/pipeline.csv")))
-    assert [r["stage"] for r in rows] == ["train_teacher", "distill", "compress", "mwer", "export"]
+    assert [r["stage"] for r in rows] == ["train_teacher", "distill", "compress", "mwer", "export", "reference"]
     assert all(float(r["wer_test"]) >= 0 and float(r["size_kb"]) > 0 for r in rows)
-    assert float(rows[-1]["size_kb"]) < float(rows[1]["size_kb"]) / 3  # int8 + 50 % sparse file << fp32 student
+    assert float(rows[4]["size_kb"]) < float(rows[1]["size_kb"]) / 3  # int8 + 50 % sparse file << fp32 student
+    assert float(rows[4]["wer_test_whisper_norm"]) >= 0 and float(rows[4]["size_ratio_reference"]) < 0.05
+    evaluate = json.loads((tmp_path / "reports/evaluate.json").read_text())
+    reference = json.loads((tmp_path / "reports/reference.json").read_text())
+    assert evaluate["reference/wer"] == reference["wer"] and evaluate["size_ratio_reference"] < 0.05
+    assert "wer_whisper_norm/test" in evaluate and "wer_ratio_reference" in evaluate
     _sh("dvc plots show -o plots_html", tmp_path, env)
     html = (tmp_path / "plots_html/index.html").read_text()
     assert "wer_by_stage" in html and "exported (integer runtime)" in html

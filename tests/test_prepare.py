@@ -106,3 +106,76 @@ def test_same_seed_same_corpus(tiny_prepared, tmp_path, monkeypatch):
     a = [(c.id, c.supervisions[0].text, round(c.duration, 4)) for c in _cuts(root, "train")]
     b = [(c.id, c.supervisions[0].text, round(c.duration, 4)) for c in _cuts(tmp_path, "train")]
     assert a == b
+
+
+def test_word_classes_reach_the_manifests_batches_and_every_split_metric(tiny_prepared, tmp_path):
+    """Synthetic word classes survive cleaning, augmentation (test_noisy) and features into the cuts
+    manifests and batches; evaluate_splits then reports slot_wer/carrier_wer beside wer, and a
+    corpus without classes gets none (absent, not zero)."""
+    import torch
+
+    from edgeasr.evaluation import decode_loader, evaluate_splits, wer_metrics
+    from edgeasr.models import build_transducer
+
+    root, cfg, _ = tiny_prepared
+    for split in ("train", "dev", "test", "test_noisy", "test_rare"):
+        for cut in _cuts(root, split):
+            sup = cut.supervisions[0]
+            assert len(sup.custom["word_classes"]) == len(sup.text.split()), (split, cut.id)
+    assert all("word_classes" not in (c.supervisions[0].custom or {}) for c in _cuts(root, "unlabeled"))
+    scoring = load_manifest(root / "data/prepare/scoring/supervisions_unlabeled.jsonl.gz")
+    assert all(len(s.custom["word_classes"]) == len(s.text.split()) for s in scoring)
+
+    dm = AsrDataModule(root / "data/prepare/manifests", root / "data/prepare/tokenizer/bpe.model", max_duration=30)
+    batch = next(iter(dm.split_dataloader("test")))
+    assert [len(c) for c in batch["word_classes"]] == [len(t.split()) for t in batch["texts"]]
+    assert next(iter(dm.split_dataloader("unlabeled")))["word_classes"][0] is None
+
+    torch.manual_seed(0)
+    model = build_transducer({**cfg.model.student, "vocab_size": dm.tokenizer.vocab_size}).eval()
+    metrics = evaluate_splits(model, dm, ["test", "test_rare"], tmp_path / "results")
+    for split in ("test", "test_rare"):
+        assert {f"wer/{split}", f"slot_wer/{split}", f"carrier_wer/{split}"} <= set(metrics)
+    assert (metrics["wer"], metrics["slot_wer"], metrics["carrier_wer"]) == (
+        metrics["wer/test"], metrics["slot_wer/test"], metrics["carrier_wer/test"])
+    assert "Slot words: %WER" in (tmp_path / "results/errs-test.txt").read_text()
+
+    acc = decode_loader(model, dm.split_dataloader("test"), dm.tokenizer.decode)
+    assert acc.has_classes and sum(acc.class_errors.values()) == acc.errors > 0
+    assert sum(acc.class_words.values()) == acc.words and 0 < acc.class_words["s"] < acc.words
+    assert round(acc.slot_wer, 4) == metrics["slot_wer/test"]
+    # a real corpus has no classes: the per-class metrics are absent
+    plain = CutSet.from_cuts(c.map_supervisions(_drop_classes) for c in _cuts(root, "test"))
+    acc = decode_loader(model, dm.cuts_dataloader(plain), dm.tokenizer.decode)
+    assert not acc.has_classes and wer_metrics(acc, "test") == {"wer/test": metrics["wer/test"]}
+
+
+def _drop_classes(sup):
+    from dataclasses import replace
+
+    return replace(sup, custom={k: v for k, v in sup.custom.items() if k != "word_classes"})
+
+
+def test_curriculum_first_epoch_is_short_clean_cuts_in_increasing_duration(tiny_prepared):
+    """SortaGrad: epoch 0 over `train` cuts of at most 2 s, shortest first; later epochs the full
+    shuffled set (train + train_aug); the phase follows set_epoch, so a resume picks it again."""
+    from edgeasr.data.datamodule import AsrDataModule
+
+    prep = tiny_prepared[0] / "data" / "prepare"
+    cur = {"epochs": 1, "splits": ["train"], "max_cut_duration": 2.0}
+    dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", max_duration=10.0, curriculum=cur)
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(0)
+    easy = [c for batch in sampler for c in batch]
+    durations = [c.duration for c in easy]
+    train_ids = {c.id for c in dm.cuts("train") if c.duration <= 2.0}
+    assert {c.id for c in easy} == train_ids and len(easy) == len(train_ids) > 0
+    assert durations == sorted(durations)
+    sampler.set_epoch(1)
+    full = [c.id for batch in sampler for c in batch]
+    assert set(full) == {c.id for c in dm.train_cuts()} and len(full) > len(easy)
+    sampler.set_epoch(0)
+    assert [c.id for batch in sampler for c in batch] == [c.id for c in easy]
+    with pytest.raises(ValueError, match="leaves no training cuts"):
+        AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model",
+                      curriculum={**cur, "max_cut_duration": 0.01}).train_dataloader()

@@ -217,3 +217,98 @@ def test_noise_pool(tmp_path):
     # babble (index 4) is deterministic although synthesised by eSpeak
     again = make_noise_pool(5, SEED, tmp_path / "noise2", duration=2.0)
     assert np.array_equal(again[4].load_audio(), noises[4].load_audio())
+
+
+def _pattern(words, classes):
+    """Carrier words as they are, each run of slot words as one ``{}``."""
+    out = []
+    for w, c in zip(words, classes):
+        if c == "c":
+            out.append(w)
+        elif not out or out[-1] != "{}":
+            out.append("{}")
+    return tuple(out)
+
+
+def _template_patterns(templates):
+    import re
+
+    out = set()
+    for t in templates:
+        parts = re.split(r"(\{\w+\})", t)
+        words = [
+            w for p in parts for w in (["{}"] if p.startswith("{") else normalize_text(p).split())
+        ]
+        out.add(_pattern(words, ["s" if w == "{}" else "c" for w in words]))
+    return out
+
+
+@pytest.mark.parametrize("seed", [SEED, 7])
+def test_word_classes_align_with_the_words_of_every_family(seed):
+    """One class per word of the final text (numbers and clocks spelled out), carrier words exactly
+    the template's, wake word a carrier, over thousands of draws of every split's generator."""
+    from edgeasr.data.synthetic.text import RARE_DIMMABLE_TEMPLATES, RARE_TEMPLATES, TEMPLATES
+
+    cfg = default_cfg()
+    gen, voices = common_generator(cfg, seed), split_voices(cfg, seed)
+    wake = cfg["wake_word"]
+    patterns = {f: _template_patterns(t) for f, t in TEMPLATES.items()}
+    rare = {
+        f: _template_patterns(t + (RARE_DIMMABLE_TEMPLATES if f == "device" else ()))
+        for f, t in RARE_TEMPLATES.items()
+    }
+    seen, spelled = set(), 0
+    for split, n in (("train", 3000), ("test", 500), ("test_rare", 500)):
+        for spec in itertools.islice(iter_split_specs(cfg, seed, split, voices, gen), n):
+            words, cls = spec.text.split(), spec.word_classes
+            assert isinstance(cls, str) and len(cls) == len(words) and set(cls) <= {"s", "c"}, spec
+            if spec.spoken.startswith(f"{wake}, "):  # the wake word: a carrier
+                assert words[0] == wake and cls[0] == "c"
+                words, cls = words[1:], cls[1:]
+            allowed = (rare if split == "test_rare" else patterns)[spec.family]
+            assert _pattern(words, cls) in allowed, (spec.text, cls)
+            if split == "test_rare":  # the rare entity is exactly a run of slot words
+                ent = spec.entity.split()
+                starts = [i for i in range(len(words)) if words[i : i + len(ent)] == ent]
+                assert any(set(cls[i : i + len(ent)]) == {"s"} for i in starts), (spec.text, cls)
+            seen.add((split, spec.family))
+            spelled += any(
+                w in ("five", "thirty", "o'clock", "percent")
+                for w, c in zip(words, cls)
+                if c == "s"
+            )
+    assert {f for s, f in seen if s == "train"} == set(TEMPLATES) and spelled > 100
+
+
+def test_classified_fill_draws_exactly_what_the_plain_fill_draws():
+    """The random stream is unchanged: same text, same generator state after every template."""
+    from edgeasr.data.synthetic.text import RARE_TEMPLATES, TEMPLATES, _fill
+    from edgeasr.data.word_classes import fill_segments, normalize_segments
+
+    gen = common_generator(default_cfg(), SEED)
+    all_templates = [t for ts in (*TEMPLATES.values(), *RARE_TEMPLATES.values()) for t in ts]
+    for i, t in enumerate(all_templates):
+        a, b = np.random.default_rng(i), np.random.default_rng(i)
+        segs = fill_segments(t, gen.slots, a)
+        assert "".join(s for s, _ in segs) == _fill(t, gen.slots, b)
+        assert a.random() == b.random()
+        text, cls = normalize_segments(segs, normalize_text)
+        assert text == normalize_text(_fill(t, gen.slots, np.random.default_rng(i)))
+        assert len(cls) == len(text.split())
+
+
+def test_normalize_segments_counts_spelled_out_words():
+    from edgeasr.data.word_classes import check_word_classes, normalize_segments
+
+    segs = [("set a timer for ", "c"), ("25 minutes", "s")]
+    want = ("set a timer for twenty five minutes", "ccccsss")
+    assert normalize_segments(segs, normalize_text) == want
+    segs = [("wake me at ", "c"), ("7:05", "s"), (" on the ", "c"), ("3rd", "s")]
+    want = ("wake me at seven oh five on the third", "cccsssccs")
+    assert normalize_segments(segs, normalize_text) == want
+    with pytest.raises(ValueError, match="do not normalize"):
+        # "{n}th": a template gluing text to a placeholder
+        normalize_segments([("5", "s"), ("th minute", "c")], normalize_text)
+    assert check_word_classes("a b", "cs") == "cs" and check_word_classes("a b", ["c", "s"]) == "cs"
+    assert check_word_classes("a b c", "cs") is None and check_word_classes(None, "cs") is None
+    assert check_word_classes("a b", "cx") is None and check_word_classes("a b", 3) is None

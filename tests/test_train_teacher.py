@@ -86,3 +86,36 @@ def test_killed_training_resumes_from_last_checkpoint(teacher_root):
     res = subprocess.run(cmd[:-2] + ["train_teacher.optimizer.lr=0.000123", "hydra.run.dir=.", "hydra.output_subdir=null"],
                          cwd=teacher_root, env=env, capture_output=True, text=True)
     assert res.returncode == 0 and "resuming" not in res.stdout + res.stderr
+
+
+def test_convergence_harness_sweep_writes_curves_under_one_parent(teacher_root):
+    """`-m experiment=convergence`: two trials side by side (joblib), each an MLflow child run of one
+    sweep parent with its learning curve; curves.csv / curves.png on disk and on the parent."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+
+    cmd = [sys.executable, str(REPO / "pipelines/train_teacher.py"), "-m", "experiment=[tiny,convergence]",
+           "train_teacher.max_steps=12", "train_teacher.val_every_n_steps=4", "train_teacher.checkpoint_every_n_steps=4",
+           "train_teacher.scheduler.warmup_steps=2", "train_teacher.optimizer.lr=1e-3,3e-3", "hydra.sweep.dir=sweep"]
+    res = subprocess.run(cmd, cwd=teacher_root, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(teacher_root / "sweep/curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["job"] for r in rows} == {"0", "1"}
+    for job in ("0", "1"):
+        steps = [int(r["step"]) for r in rows if r["job"] == job]
+        assert steps == [4, 8, 12]
+        assert all(0 <= float(r["val_wer"]) and float(r["audio_h"]) > 0 for r in rows if r["job"] == job)
+        assert (teacher_root / f"sweep/{job}/data/train_teacher/results/learning_curve.csv").is_file()
+    assert (teacher_root / "sweep/curves.png").stat().st_size > 1000
+    assert not (teacher_root / "reports/train_teacher.json").exists()  # trials never write the DVC outputs
+    client = MlflowClient(f"sqlite:///{teacher_root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    trials = [r for r in runs if r.info.run_name == "train_teacher"]
+    assert len(parents) == 1 and len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    assert {r.data.params["train_teacher.optimizer.lr"] for r in trials} == {"0.001", "0.003"}
+    assert {r.data.params["trainer.num_threads"] for r in trials} == {"1"}
+    assert "sweep/curves.png" in [a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep")]

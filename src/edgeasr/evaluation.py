@@ -1,5 +1,5 @@
-"""What every model stage reports: WER per split (with recogs/errs files), sparsity, size and
-emulated latency on the configured NPU profile."""
+"""What every model stage reports: WER per split (with recogs/errs files; slot and carrier WER where
+the corpus knows its word classes), sparsity, size and emulated latency on the configured NPU profile."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def deployable(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_text, method: str = "greedy",
                   beam: int = 4) -> WerAccumulator:
-    """Decode every batch; WER accumulates summed errors over summed reference words."""
+    """Decode every batch; WER accumulates summed errors over summed reference words, per word
+    class too when the batches carry ``word_classes`` (see :class:`edgeasr.metrics.WerAccumulator`)."""
     from edgeasr.decoding import greedy_search, modified_beam_search
 
     model.eval()
@@ -33,13 +34,33 @@ def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_
             hyps = [nbest[0].tokens for nbest in modified_beam_search(model, enc, enc_lens, beam=beam)]
         else:
             raise ValueError(f"unknown decoding method {method!r}; use greedy or beam")
-        acc.update(batch["texts"], [decode_text(h) for h in hyps], ids=batch["cut_ids"])
+        acc.update(batch["texts"], [decode_text(h) for h in hyps], ids=batch["cut_ids"],
+                   classes=batch.get("word_classes"))
     return acc
+
+
+def wer_metrics(acc: WerAccumulator, split: str) -> dict[str, float]:
+    """``wer/<split>``, plus ``slot_wer/<split>`` and ``carrier_wer/<split>`` when every utterance
+    had word classes (the synthetic corpus; absent, not zero, for other corpora)."""
+    metrics = {f"wer/{split}": round(acc.wer, 4)}
+    if acc.has_classes:
+        metrics[f"slot_wer/{split}"] = round(acc.slot_wer, 4)
+        metrics[f"carrier_wer/{split}"] = round(acc.carrier_wer, 4)
+    return metrics
+
+
+def add_test_totals(metrics: dict[str, float], split: str = "test") -> dict[str, float]:
+    """``wer``, ``slot_wer``, ``carrier_wer`` (those present) = their ``<key>/<split>`` values, in place."""
+    for key in ("wer", "slot_wer", "carrier_wer"):
+        if f"{key}/{split}" in metrics:
+            metrics[key] = metrics[f"{key}/{split}"]
+    return metrics
 
 
 def evaluate_splits(model: nn.Module, datamodule, splits: Iterable[str], out_dir: Path, method: str = "greedy",
                     beam: int = 4) -> dict[str, float]:
-    """``wer/<split>`` for each split present, plus ``wer`` (= test); writes
+    """``wer/<split>`` for each split present, plus ``wer`` (= test), and likewise ``slot_wer`` and
+    ``carrier_wer`` where the corpus has word classes (:func:`wer_metrics`); writes
     ``<out_dir>/recogs-<split>.txt`` and ``errs-<split>.txt`` (icefall's formats)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
@@ -49,10 +70,8 @@ def evaluate_splits(model: nn.Module, datamodule, splits: Iterable[str], out_dir
         acc = decode_loader(model, datamodule.split_dataloader(split), datamodule.tokenizer.decode, method, beam)
         acc.write_recogs(out_dir / f"recogs-{split}.txt")
         acc.write_errs(out_dir / f"errs-{split}.txt")
-        metrics[f"wer/{split}"] = round(acc.wer, 4)
-    if "wer/test" in metrics:
-        metrics["wer"] = metrics["wer/test"]
-    return metrics
+        metrics.update(wer_metrics(acc, split))
+    return add_test_totals(metrics)
 
 
 def median_utterance(cuts, tokenizer) -> tuple[float, int, int]:

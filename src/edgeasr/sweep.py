@@ -10,6 +10,7 @@ folder, so a sweep never overwrites the DVC-tracked outputs in ``data/``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -65,32 +66,100 @@ def figure(rows: list[dict[str, Any]]):
     return fig
 
 
+def collect_curves(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per validation of every job that trained: job, overrides and the learning-curve point."""
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = overrides_file.read_text().strip() if overrides_file.is_file() else job.name
+        for curve in sorted(job.glob("data/*/results/learning_curve.json")):
+            for point in json.loads(curve.read_text()):
+                rows.append({"job": job.name, "stage": curve.parent.parent.name,
+                             "overrides": " ".join(overrides.replace("- ", "").split()), **point})
+    return rows
+
+
+def curves_figure(rows: list[dict[str, Any]]):
+    """Dev WER against wall-clock minutes and against audio hours trained on, one line per job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    jobs = sorted({r["job"] for r in rows}, key=lambda j: (len(j), j))
+    overrides = {r["job"]: r["overrides"].split() for r in rows}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(overrides) > 1 else set()
+    for job in jobs:
+        pts = [r for r in rows if r["job"] == job]
+        label = f"{job}: {' '.join(o for o in overrides[job] if o not in shared) or 'defaults'}"[:90]
+        axes[0].plot([p["minutes"] for p in pts], [p["val_wer"] for p in pts], marker=".", label=label)
+        axes[1].plot([p.get("audio_h", float("nan")) for p in pts], [p["val_wer"] for p in pts], marker=".")
+    for ax, xlabel in zip(axes, ("wall-clock minutes (training + validation)", "audio hours trained on")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("dev WER (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _log_to_parent(config, sweep_dir: Path, figures: dict[str, Any], files: list[Path]) -> None:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from edgeasr.tracking import current_parent_run_id, tracking_uri
+
+        parent = current_parent_run_id(str(config.get("tracking", {}).get("experiment", "edgeasr")))
+        if parent is None:
+            log.warning("sweep %s: no MLflow parent run found for this invocation", sweep_dir)
+            return
+        client = MlflowClient(tracking_uri=tracking_uri())
+        for name, fig in figures.items():
+            client.log_figure(parent, fig, f"sweep/{name}")
+        for f in files:
+            client.log_artifact(parent, str(f), "sweep")
+        client.set_tag(parent, "edgeasr.sweep_dir", str(sweep_dir))
+    except Exception as err:  # the sweep's own results are on disk either way
+        log.warning("could not log the sweep report to MLflow: %s", err)
+
+
 class SweepReport(Callback):
-    """Hydra callback: after a multirun, ``pareto.png`` + ``sweep.json`` in the sweep folder and on
-    the sweep's MLflow parent run."""
+    """Hydra callback: after a multirun, in the sweep folder and on the sweep's MLflow parent run:
+    ``pareto.png`` + ``sweep.json`` (jobs whose reports carry wer, size and latency) and
+    ``curves.png`` + ``curves.csv`` (jobs that wrote a learning curve: the convergence harness)."""
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        import os
+
+        from edgeasr.tracking import INVOCATION_ENV, invocation
+
+        # Worker processes (hydra/launcher=joblib) inherit the environment: every job then finds
+        # the same parent run as the jobs of the in-process launcher do.
+        os.environ.setdefault(INVOCATION_ENV, invocation()[0])
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        figures, files = {}, []
+        curves = collect_curves(sweep_dir)
+        if curves:
+            with open(sweep_dir / "curves.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(curves[0]), extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(curves)
+            figures["curves.png"] = curves_figure(curves)
+            figures["curves.png"].savefig(sweep_dir / "curves.png", dpi=120)
+            files.append(sweep_dir / "curves.csv")
         rows = [r for r in collect(sweep_dir) if "wer" in r and "size_bytes" in r and "emulated_latency_ms" in r]
-        if not rows:
+        if rows:
+            (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=1))
+            figures["pareto.png"] = figure(rows)
+            figures["pareto.png"].savefig(sweep_dir / "pareto.png", dpi=120)
+            files.append(sweep_dir / "sweep.json")
+        if not figures:
             log.warning("sweep %s: no job wrote a report with wer, size_bytes and emulated_latency_ms", sweep_dir)
             return
-        (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=1))
-        fig = figure(rows)
-        fig.savefig(sweep_dir / "pareto.png", dpi=120)
-        try:
-            from mlflow.tracking import MlflowClient
-
-            from edgeasr.tracking import current_parent_run_id, tracking_uri
-
-            parent = current_parent_run_id(str(config.get("tracking", {}).get("experiment", "edgeasr")))
-            if parent is None:
-                log.warning("sweep %s: no MLflow parent run found for this invocation", sweep_dir)
-                return
-            client = MlflowClient(tracking_uri=tracking_uri())
-            client.log_figure(parent, fig, "sweep/pareto.png")
-            client.log_artifact(parent, str(sweep_dir / "sweep.json"), "sweep")
-            client.set_tag(parent, "edgeasr.sweep_dir", str(sweep_dir))
-        except Exception as err:  # the sweep's own results are on disk either way
-            log.warning("could not log the sweep report to MLflow: %s", err)
-        log.info("sweep report: %s (%d jobs)", sweep_dir / "pareto.png", len(rows))
+        _log_to_parent(config, sweep_dir, figures, files)
+        log.info("sweep report: %s (%d jobs)", ", ".join(str(sweep_dir / n) for n in figures), len({r["job"] for r in rows + curves}))

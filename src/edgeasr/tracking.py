@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "edgeasr"
 PARENT_ENV = "EDGEASR_PARENT_RUN_ID"
+# Set by a Hydra multirun's main process (edgeasr.sweep) so that jobs in worker processes (joblib)
+# belong to the sweep's invocation: one parent run whatever the launcher.
+INVOCATION_ENV = "EDGEASR_INVOCATION"
 TAG_KIND = "edgeasr.kind"
 TAG_INVOCATION = "edgeasr.invocation"
 TAG_STAGE = "edgeasr.stage"
@@ -203,6 +206,8 @@ def invocation() -> tuple[str, str | None]:
     """
     import psutil
 
+    if os.environ.get(INVOCATION_ENV):
+        return os.environ[INVOCATION_ENV], None
     me = psutil.Process()
     key, command = None, None
     try:

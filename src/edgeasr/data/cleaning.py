@@ -81,6 +81,18 @@ def normalize_transcript(text: str | None, mode: str = "basic") -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+def _aligned_classes(custom: dict | None, text: str) -> dict | None:
+    """``custom`` with its ``word_classes`` (synthetic corpus: one slot/carrier class per word) kept
+    only while they still align with the normalized ``text``."""
+    if not custom or "word_classes" not in custom:
+        return custom
+    from edgeasr.data.word_classes import check_word_classes
+
+    classes = check_word_classes(text, custom["word_classes"])
+    rest = {k: v for k, v in custom.items() if k != "word_classes"}
+    return rest if classes is None else {**rest, "word_classes": classes}
+
+
 def _source_of(rec) -> str:
     return ", ".join(s.source for s in rec.sources if isinstance(s.source, str)) or rec.id
 
@@ -151,8 +163,7 @@ def clean_split(
         if labeled and not text:
             log_.drop(split, sup.id, "empty_transcript", seen[sup.recording_id])
             continue
-        sup = replace(sup, text=text or None)
-        sups.append(sup)
+        sups.append(replace(sup, text=text or None, custom=_aligned_classes(sup.custom, text)))
 
     if not sups:
         return CutSet.from_cuts([])

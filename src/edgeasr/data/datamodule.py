@@ -18,6 +18,7 @@ from lhotse.dataset.sampling import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.data import DataLoader, Dataset
 
 from .tokenizer import Tokenizer
+from .word_classes import check_word_classes
 
 
 class AsrDataset(Dataset):
@@ -30,6 +31,9 @@ class AsrDataset(Dataset):
             its teacher's ids in ``supervision.custom["tokens"]``)
         texts: list of N transcripts (``None`` for unlabeled cuts)
         cut_ids: list of N cut ids
+        word_classes: list of N strings with one ``"s"`` (slot) / ``"c"`` (carrier) per word of the
+            transcript (synthetic corpus, :mod:`edgeasr.data.word_classes`), ``None`` for a cut
+            without them (real corpora, unlabeled or pseudo-labeled cuts)
         teacher_logp, teacher_lens: only with ``targets`` (distillation): see
             :func:`edgeasr.training.distill.collate_targets`
     """
@@ -46,17 +50,46 @@ class AsrDataset(Dataset):
             return [int(t) for t in sup.custom["tokens"]]
         return self.tokenizer.encode(sup.text) if (sup.text and self.tokenizer) else []
 
+    @staticmethod
+    def _word_classes(cut) -> str | None:
+        sup = cut.supervisions[0] if cut.supervisions else None
+        if sup is None or not sup.custom:
+            return None
+        return check_word_classes(sup.text, sup.custom.get("word_classes"))
+
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
         feats, lens = collate_features(cuts)
         batch = {"features": feats, "feature_lens": lens.long(), "tokens": [self._tokens(c) for c in cuts],
                  "texts": [c.supervisions[0].text if c.supervisions else None for c in cuts],
-                 "cut_ids": [c.id for c in cuts]}
+                 "cut_ids": [c.id for c in cuts], "word_classes": [self._word_classes(c) for c in cuts]}
         if self.targets is not None:
             from edgeasr.training.distill import collate_targets
 
             batch["teacher_logp"], batch["teacher_lens"] = collate_targets(self.targets, batch["cut_ids"])
         return batch
+
+
+class CurriculumSampler:
+    """The first ``epochs`` epochs over an easier set of cuts, then the full training set.
+
+    SortaGrad (Amodei et al. 2016, Deep Speech 2): early epochs over short utterances in order of
+    increasing duration let a CTC/RNN-T model find its alignments before it meets long ones. The
+    phase follows the epoch Lightning passes to :meth:`set_epoch`, so a resumed run picks the same
+    phase. Yields lhotse CutSets like the samplers it wraps.
+    """
+
+    def __init__(self, easy, full, epochs: int = 1):
+        self.easy, self.full, self.epochs = easy, full, int(epochs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.easy.set_epoch(epoch)
+        self.full.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.easy if self.epoch < self.epochs else self.full)
 
 
 class AsrDataModule(pl.LightningDataModule):
@@ -67,17 +100,23 @@ class AsrDataModule(pl.LightningDataModule):
         tokenizer_path: ``bpe.model``.
         train_splits: concatenated for training (``train`` plus ``train_aug`` by default).
         max_duration: seconds of audio per batch.
+        curriculum: ``{epochs, splits, max_cut_duration, sorted}`` or None: the first ``epochs``
+            epochs train on ``splits`` (default: the train splits) limited to cuts of at most
+            ``max_cut_duration`` seconds, in order of increasing duration when ``sorted``
+            (:class:`CurriculumSampler`).
     """
 
     def __init__(self, manifest_dir: str | Path, tokenizer_path: str | Path,
                  train_splits: Sequence[str] = ("train", "train_aug"), val_split: str = "dev",
-                 max_duration: float = 40.0, num_buckets: int = 10, num_workers: int = 0, seed: int = 1234):
+                 max_duration: float = 40.0, num_buckets: int = 10, num_workers: int = 0, seed: int = 1234,
+                 curriculum: dict | None = None):
         super().__init__()
         self.manifest_dir = Path(manifest_dir)
         self.tokenizer = Tokenizer(tokenizer_path)
         self.train_splits, self.val_split = list(train_splits), val_split
         self.max_duration, self.num_buckets = max_duration, num_buckets
         self.num_workers, self.seed = num_workers, seed
+        self.curriculum = dict(curriculum) if curriculum else None
 
     def cuts(self, split: str) -> CutSet:
         path = self.manifest_dir / f"cuts_{split}.jsonl.gz"
@@ -99,12 +138,27 @@ class AsrDataModule(pl.LightningDataModule):
         return DataLoader(dataset or AsrDataset(self.tokenizer), sampler=sampler, batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def train_cuts(self) -> CutSet:
-        present = [s for s in self.train_splits if (self.manifest_dir / f"cuts_{s}.jsonl.gz").is_file()]
+    def train_cuts(self, splits: Sequence[str] | None = None) -> CutSet:
+        present = [s for s in (splits or self.train_splits) if (self.manifest_dir / f"cuts_{s}.jsonl.gz").is_file()]
         return CutSet.from_cuts(c for s in present for c in self.cuts(s))
 
+    def train_sampler(self, cuts: CutSet, max_duration: float):
+        """The bucketing sampler over ``cuts``, behind the curriculum when one is configured."""
+        full = self._bucketing(cuts, max_duration)
+        c = self.curriculum
+        if not c or int(c.get("epochs", 0)) <= 0:
+            return full
+        easy = self.train_cuts(c.get("splits"))
+        if c.get("max_cut_duration"):
+            easy = easy.filter(lambda cut: cut.duration <= float(c["max_cut_duration"])).to_eager()
+        if not len(easy):
+            raise ValueError(f"the curriculum {c} leaves no training cuts")
+        easy_sampler = (SimpleCutSampler(easy.sort_by_duration(ascending=True), max_duration=max_duration, shuffle=False)
+                        if c.get("sorted", True) else self._bucketing(easy, max_duration))
+        return CurriculumSampler(easy_sampler, full, int(c["epochs"]))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_cuts(), train=True)
+        return self._loader(None, train=True, sampler=self.train_sampler(self.train_cuts(), self.max_duration))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.cuts(self.val_split), train=False)
@@ -140,7 +194,10 @@ class DistillDataModule(AsrDataModule):
         from lhotse.dataset.sampling import ZipSampler
 
         r = self.unlabeled_ratio if self.pseudo_cuts is not None and len(self.pseudo_cuts) else 0.0
-        labeled = self._bucketing(self.train_cuts(), self.max_duration * (1 - r))
+        if r and self.curriculum:
+            raise ValueError("a curriculum with unlabeled_ratio > 0 is not supported: set unlabeled_ratio=0 "
+                             "or remove the curriculum")
+        labeled = self.train_sampler(self.train_cuts(), self.max_duration * (1 - r))
         sampler = labeled if r == 0 else ZipSampler(labeled, self._bucketing(self.pseudo_cuts, self.max_duration * r))
         return self._loader(None, train=True, sampler=sampler, dataset=AsrDataset(self.tokenizer, self.targets))
 

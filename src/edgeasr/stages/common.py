@@ -4,6 +4,7 @@ of a stage (report, learning curve, artifacts)."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -78,7 +79,10 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
                            every_n_train_steps=int(section.checkpoint_every_n_steps))
     curve, speed = LearningCurve(), Throughput()
     t = cfg.trainer
+    # An optional wall-clock cap on top of the step budget (the LR schedule still spans max_steps).
+    max_minutes = section.get("max_minutes")
     trainer = pl.Trainer(
+        max_time={"minutes": float(max_minutes)} if max_minutes else None,
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
@@ -101,7 +105,9 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
     prep = Path(cfg.paths.data_dir) / "prepare"
     return (cls or AsrDataModule)(prep / "manifests", prep / "tokenizer" / "bpe.model",
                                   train_splits=list(section.train_splits), max_duration=section.batch_max_duration,
-                                  num_buckets=section.num_buckets, seed=int(cfg.seed), **kwargs)
+                                  num_buckets=section.num_buckets, seed=int(cfg.seed),
+                                  curriculum=OmegaConf.to_container(section.curriculum) if section.get("curriculum") else None,
+                                  **kwargs)
 
 
 def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
@@ -138,7 +144,13 @@ def log_outputs(tracker, results: Path, model_path: Path) -> None:
 
 
 def log_training(stage: str, tracker, curve, results: Path, name: str = "") -> None:
-    (results / f"learning_curve{'_' + name if name else ''}.json").write_text(json.dumps(curve.points, indent=1))
+    stem = f"learning_curve{'_' + name if name else ''}"
+    (results / f"{stem}.json").write_text(json.dumps(curve.points, indent=1))
+    if curve.points:
+        with open(results / f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(curve.points[0]))
+            writer.writeheader()
+            writer.writerows(curve.points)
     if curve.points:
         tracker.log_figure(curve.figure(f"{stage}{' ' + name if name else ''}: dev WER vs time"),
                            f"learning_curve{'_' + name if name else ''}.png")

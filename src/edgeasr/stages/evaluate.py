@@ -19,6 +19,12 @@
   int8, the median-length test utterance decoded offline: one encoder pass), so the pipeline report
   compares like with like; ``emulated_streaming_latency_ms`` / ``emulated_eos_latency_ms`` stream it.
 
+* Beside the reference recognizer (the ``reference`` stage, ``reports/reference.json``): our
+  transcripts re-scored under Whisper's English normalizer (``wer_whisper_norm/<split>``, files in
+  ``results/whisper_norm/``, when the ``reference`` extra is installed), the reference's report as
+  ``reference/<key>``, and ``size_ratio_reference`` / ``wer_ratio_reference`` /
+  ``wer_whisper_norm_ratio_reference`` (ours over the reference's).
+
 Outputs: ``data/evaluate/results/`` (recogs/errs, ``layers.json`` + ``layers.txt`` per-layer tables,
 ``latency.json`` per utterance, ``profiles.json``, ``roofline.png``), ``reports/evaluate.json``.
 """
@@ -124,6 +130,53 @@ def verify_sherpa(cfg: DictConfig, sc: DictConfig, data_dir: Path, dm, results: 
     return metrics
 
 
+def whisper_norm_wer(splits, results: Path) -> dict[str, float]:
+    """``wer_whisper_norm/<split>`` of our recogs files re-scored under Whisper's English normalizer
+    (as the reference stage scores Whisper), files under ``results/whisper_norm/``; nothing without
+    the ``reference`` extra."""
+    from edgeasr import reference
+
+    try:
+        norm = reference.whisper_normalizer()
+    except ImportError as e:
+        log.info("%s: no Whisper-normalized WER (whisper-normalizer not installed: %s)", STAGE, e)
+        return {}
+    metrics = {}
+    for split in splits:
+        path = results / f"recogs-{split}.txt"
+        if not path.is_file():
+            continue
+        acc = reference.score_whisper_norm(reference.read_recogs(path), norm)
+        (results / "whisper_norm").mkdir(exist_ok=True)
+        acc.write_recogs(results / "whisper_norm" / f"recogs-{split}.txt")
+        acc.write_errs(results / "whisper_norm" / f"errs-{split}.txt")
+        metrics[f"wer_whisper_norm/{split}"] = round(acc.wer, 4)
+    if "wer_whisper_norm/test" in metrics:
+        metrics["wer_whisper_norm"] = metrics["wer_whisper_norm/test"]
+    return metrics
+
+
+def reference_metrics(path: Path, ours: dict[str, float]) -> dict[str, float]:
+    """The reference stage's report as ``reference/<key>``, and ratios of ours to it:
+    ``size_ratio_reference`` (our exported file's bytes / the reference model's bytes),
+    ``wer_ratio_reference`` (test WER, our scoring) and ``wer_whisper_norm_ratio_reference``."""
+    if not path.is_file():
+        log.info("%s: %s not found: no reference figures (run the reference stage)", STAGE, path)
+        return {}
+    ref = json.loads(path.read_text())
+    metrics = {f"reference/{k}": v for k, v in ref.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if ref.get("skipped"):
+        log.info("%s: the reference stage was skipped (see data/reference/results/skipped.txt)", STAGE)
+        return metrics
+    if ref.get("size_bytes") and "size_bytes" in ours:
+        metrics["size_ratio_reference"] = float(f"{ours['size_bytes'] / ref['size_bytes']:.6g}")  # ~0.006
+    for key, name in (("wer", "wer_ratio_reference"), ("wer_whisper_norm", "wer_whisper_norm_ratio_reference")):
+        if ref.get(key) and key in ours:
+            metrics[name] = round(ours[key] / ref[key], 6)
+    return metrics
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     import torch
 
@@ -170,6 +223,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["runtime/wer_decode_s"] = round(time.perf_counter() - t0, 3)
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, data_dir, dm, results))
+        # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours
+        metrics.update(whisper_norm_wer(section.eval_splits, results))
+        metrics.update(reference_metrics(tracker.report_dir / "reference.json", metrics))
 
         # 2. stream a sample through the runtime, recording each chunk's work
         cuts = dm.cuts(str(section.latency_split))
@@ -299,6 +355,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for f in sorted(results.glob("*")):
             if f.is_file():
                 tracker.log_artifact(f, "results")
+        if (results / "whisper_norm").is_dir():
+            tracker.log_artifact(results / "whisper_norm", "results/whisper_norm")
         # The whole pipeline, teacher -> exported student, now that this stage's report exists:
         # reports/pipeline.csv (dvc plots show) and the same as a figure on this run.
         rows = pipeline_report.collect(report_path.parent)

@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from edgeasr.compression import attach_activation_quant, float_view
     from edgeasr.data.tokenizer import Tokenizer
-    from edgeasr.evaluation import decode_loader, model_metrics
+    from edgeasr.evaluation import add_test_totals, decode_loader, model_metrics, wer_metrics
     from edgeasr.export import read_container
     from edgeasr.export.student import export_student, load_student, tokens_to_text
     from edgeasr.models.io import load_model
@@ -82,12 +82,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             a_int.write_recogs(results / f"recogs-{split}.txt")
             a_int.write_errs(results / f"errs-{split}.txt")
             same = sum(r1[2] == r2[2] for r1, r2 in zip(a_int.results, a_fq.results))
-            metrics[f"wer/{split}"] = round(a_int.wer, 4)
+            metrics.update(wer_metrics(a_int, split))  # wer/<split>, and slot_/carrier_wer/<split> if known
             metrics[f"fakequant/wer/{split}"] = round(a_fq.wer, 4)
             metrics[f"wer_abs_diff_vs_fakequant/{split}"] = round(abs(a_int.wer - a_fq.wer), 4)
             metrics[f"identical_transcripts/{split}"] = round(same / max(1, len(a_int.results)), 4)
             if split == "test":
-                metrics["wer"] = metrics["wer/test"]
+                add_test_totals(metrics)
                 if "wer/test" in teacher:
                     metrics["teacher/wer/test"] = teacher["wer/test"]
                     metrics["wer_ratio_to_teacher"] = round(a_int.wer / teacher["wer/test"], 4)

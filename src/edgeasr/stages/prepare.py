@@ -59,6 +59,10 @@ def load_raw(cfg: DictConfig, out: Path, flog: FilterLog):
     raise ValueError(f"unknown data.source {source!r}; use synthetic, librispeech, folder or manifests")
 
 
+def _without_classes(custom: dict | None) -> dict | None:
+    return {k: v for k, v in custom.items() if k != "word_classes"} if custom else custom
+
+
 def _oov_rate(train_words: set[str], cuts: CutSet) -> float:
     words = [w for c in cuts for s in c.supervisions for w in (s.text or "").split()]
     return 100.0 * sum(w not in train_words for w in words) / max(1, len(words))
@@ -142,13 +146,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if "train" not in cuts or len(cuts["train"]) == 0:
             raise ValueError(f"no usable train utterances left after filtering; see {out / 'filtered.jsonl'}")
 
-        # Unlabeled: the transcripts (if the source has any) move to a scoring-only manifest.
+        # Unlabeled: the transcripts (if the source has any) move to a scoring-only manifest, with
+        # their word classes (one per word: they would leak the transcript's length).
         if "unlabeled" in cuts:
             scoring = [s for c in cuts["unlabeled"] for s in c.supervisions if s.text]
             (out / "scoring").mkdir()
             SupervisionSet.from_segments(scoring).to_file(out / "scoring" / "supervisions_unlabeled.jsonl.gz")
             cuts["unlabeled"] = CutSet.from_cuts(
-                c.map_supervisions(lambda s: replace(s, text=None)) for c in cuts["unlabeled"]
+                c.map_supervisions(lambda s: replace(s, text=None, custom=_without_classes(s.custom)))
+                for c in cuts["unlabeled"]
             )
 
         tok_path = train_tokenizer(

@@ -21,14 +21,16 @@ STAGE = "train_teacher"
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    from edgeasr.config import sweep_job_dir
     from edgeasr.models.io import save_model
     from edgeasr.tracking import stage_run
 
     section = cfg[STAGE]
-    out = Path(cfg.paths.data_dir) / STAGE
+    job = sweep_job_dir()  # a Hydra multirun job (the convergence harness) writes into its own folder
+    out = (job / "data" if job else Path(cfg.paths.data_dir)) / STAGE
     params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "model", "trainer", "hw", STAGE]), resolve=True)
     params.get("model", {}).pop("student", None)
-    with stage_run(STAGE, cfg, params=params) as tracker:
+    with stage_run(STAGE, cfg, params=params, report_dir=job / "reports" if job else None) as tracker:
         model, dm, curve, speed, trainer = train_transducer(cfg, STAGE, cfg.model.teacher, section, tracker, out)
         model_cfg = {**OmegaConf.to_container(cfg.model.teacher, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})

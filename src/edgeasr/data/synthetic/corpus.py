@@ -166,6 +166,7 @@ class UtteranceSpec:
     tts_seed: int
     entity: str | None = None
     context: tuple[str, ...] | None = None
+    word_classes: str | None = None  # one "s" (slot) / "c" (carrier) per word of `text`
 
 
 def common_generator(cfg: Mapping, seed: int) -> RequestGenerator:
@@ -217,6 +218,7 @@ def iter_split_specs(
             tts_seed=int(rng.integers(1, 2**31 - 1)),
             entity=req.entity,
             context=tuple(req.context) if req.context is not None else None,
+            word_classes=req.word_classes,
         )
         i += 1
 
@@ -376,10 +378,12 @@ def synthesize_corpus(
     `cfg` is the `data` node (conf/data/synthetic.yaml). Splits listed under cfg.splits with
     hours > 0 are generated until their cumulative duration reaches hours * 3600 s; audio goes to
     out_dir/<split>/<id>.flac (16 kHz mono, 16-bit). Supervisions cover each recording entirely:
-    normalised text, speaker = voice name, custom = {family, voice, rate, pitch} plus, in test_rare,
-    the named `entity` and the user's `context` list. test_noisy is returned clean. Output is
-    identical for the same cfg and seed whatever num_jobs is. Workers use the spawn start method,
-    so a calling script needs the usual ``if __name__ == "__main__":`` guard.
+    normalised text, speaker = voice name, custom = {family, voice, rate, pitch, word_classes} plus,
+    in test_rare, the named `entity` and the user's `context` list. `word_classes` has one "s" (slot
+    value) or "c" (carrier word) per word of the text (edgeasr/data/word_classes.py). test_noisy is
+    returned clean. Output is identical for the same cfg and seed whatever num_jobs is. Workers
+    use the spawn start method, so a calling script needs the usual ``if __name__ == "__main__":``
+    guard.
     """
     from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
@@ -439,6 +443,8 @@ def synthesize_corpus(
                 "rate": spec.rate,
                 "pitch": spec.pitch,
             }
+            if spec.word_classes is not None:
+                custom["word_classes"] = spec.word_classes
             if spec.context is not None:
                 custom["entity"] = spec.entity
                 custom["context"] = list(spec.context)

@@ -17,6 +17,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from num2words import num2words
 
+from ..word_classes import CARRIER, Segments, fill_segments, normalize_segments
+
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 # ---------------------------------------------------------------------------------------------
@@ -232,13 +234,16 @@ def build_inventory(inv: Mapping, rng: np.random.Generator) -> Inventory:
 
 @dataclass
 class Request:
-    """One generated utterance. `spoken` is what eSpeak reads (words plus prosody punctuation)."""
+    """One generated utterance. `spoken` is what eSpeak reads (words plus prosody punctuation);
+    `word_classes` has one "s" (slot value) or "c" (carrier) per word of `text`
+    (edgeasr.data.word_classes)."""
 
     text: str
     spoken: str
     family: str
     entity: str | None = None
     context: list[str] | None = None
+    word_classes: str | None = None
 
 
 _QUESTION_START = {"what", "what's", "how", "will", "is", "do", "who", "are", "when", "whats"}
@@ -570,19 +575,20 @@ class RequestGenerator:
         self.templates = {f: Zipf(t, TEMPLATE_ZIPF) for f, t in TEMPLATES.items()}
         self.families = Zipf(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))
 
-    def _finish(self, body: str, family: str, rng: np.random.Generator, **kw) -> Request:
-        words = normalize_text(body)
+    def _finish(self, body: Segments, family: str, rng: np.random.Generator, **kw) -> Request:
+        words, classes = normalize_segments(body, normalize_text)
         spoken = words + ("?" if words.split()[0] in _QUESTION_START else "")
         text = words
         if self.wake_word and rng.random() < self.wake_word_prob:
             spoken = f"{self.wake_word}, {spoken}"
             text = f"{self.wake_word} {words}"
-        return Request(text=text, spoken=spoken, family=family, **kw)
+            classes = CARRIER * len(self.wake_word.split()) + classes
+        return Request(text=text, spoken=spoken, family=family, word_classes=classes, **kw)
 
     def sample(self, rng: np.random.Generator) -> Request:
         """One request over the common inventory."""
         family = self.families(rng)
-        body = _fill(self.templates[family](rng), self.slots, rng)
+        body = fill_segments(self.templates[family](rng), self.slots, rng)
         return self._finish(body, family, rng)
 
     def vocabulary(self) -> set[str]:
@@ -663,7 +669,7 @@ class RareRequestGenerator:
             "pct": self._pct,
             "message": self._message,
         }
-        body = _fill(template, slots, rng)
+        body = fill_segments(template, slots, rng)
         context = [entity]
         n_devices = self.context_size // 3
         for _ in range(self.context_size * 20):

@@ -1,0 +1,15 @@
+"""DVC stage `reference`: Whisper tiny.en (faster-whisper) on the prepared test audio, scored our way and Whisper's way. See edgeasr.stages.reference."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from edgeasr.stages.reference import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
