@@ -48,3 +48,8 @@ def test_tiny_export_writes_a_validated_file_the_integer_runtime_decodes(student
     write_container(broken, c.header, {k: v for k, v in c.tensors.items() if "lstms.1" not in k})
     with pytest.raises(ExportFormatError, match="do not match"):
         load_student(broken)
+    assert report["size_budget_bytes"] == 524288 and report["size_bytes"] <= 524288
+    # a file over the device's budget fails the stage and names the knobs that shrink it
+    with pytest.raises(ValueError, match=r"exceed export.max_size_bytes=1000 .*compress.sparsity"):
+        export(compose(["experiment=tiny", "trainer.progress=false", "export.source=compress",
+                        "export.max_size_bytes=1000", "export.sherpa.enabled=false"]))

@@ -50,6 +50,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         encoding = section.encoding if isinstance(section.encoding, str) else tuple(section.encoding)
         size = export_student(model, meta, tokens, path, encoding=encoding,
                               extra={"source": {"stage": str(section.source), "steps": meta.get("steps")}})
+        budget = section.get("max_size_bytes")
+        if budget and size > int(budget):
+            raise ValueError(
+                f"{path}: {size} bytes exceed export.max_size_bytes={int(budget)} (the device's budget for the "
+                f"model file); shrink the student (model.student), prune more (compress.sparsity) or quantize to "
+                f"fewer bits (compress.bits), or raise export.max_size_bytes")
         c = read_container(path)  # what a device would load: validated, then run in integers
         rt = load_student(path, c)
         weights = [r for r in c.tensors.values() if r.kind == "qweight"]
@@ -61,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics: dict[str, float] = {
             "size_bytes": size, "params": n_weights, "sparsity": round(zeros / max(1, n_weights), 6),
             "bits_per_weight": round(8 * size / max(1, n_weights), 4),
+            **({"size_budget_bytes": int(budget)} if budget else {}),
             **{f"encoding/{k}": v for k, v in sorted(encodings.items())},
         }
         teacher_report = Path(cfg.paths.reports_dir) / "train_teacher.json"
