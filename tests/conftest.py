@@ -115,3 +115,17 @@ def quantized_tiny_student():
     attach_activation_quant(model)
     calibrate(model, [random_batch(gen) for _ in range(3)])
     return model.eval(), gen
+
+
+def sweep_runs(root: Path, stage: str, n_jobs: int):
+    """A multirun's MLflow runs in ``root/mlflow.db``: asserts one parent run holding ``n_jobs``
+    child runs named ``stage``; returns ``(client, parent, children)``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    jobs = [r for r in runs if r.info.run_name == stage]
+    assert len(parents) == 1 and len(jobs) == n_jobs
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parents[0].info.run_id}
+    return client, parents[0], jobs

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, compose
+from conftest import REPO, compose, sweep_runs
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,6 @@ def test_tiny_compress_reaches_target_sparsity_with_model_and_tables(student_roo
 
 
 def test_tiny_multirun_sweep_is_one_parent_with_a_run_per_job(student_root):
-    from mlflow.tracking import MlflowClient
-
     cmd = [sys.executable, str(REPO / "pipelines/compress.py"), "-m", "experiment=tiny", "trainer.progress=false",
            "compress.baseline=false", "compress.max_steps=10", "compress.pruning.end_step=5",
            "compress.val_every_n_steps=10", "compress.sparsity=0.3,0.6", "compress.bits=8,4",
@@ -58,14 +56,9 @@ def test_tiny_multirun_sweep_is_one_parent_with_a_run_per_job(student_root):
     rows = json.loads((student_root / "sweep/sweep.json").read_text())
     assert len(rows) == 4 and (student_root / "sweep/pareto.png").stat().st_size > 1000
     assert not (student_root / "reports/compress.json").exists()  # jobs never write the DVC outputs
-    client = MlflowClient(f"sqlite:///{student_root}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
-    jobs = [r for r in runs if r.info.run_name == "compress"]
-    assert len(parents) == 1 and len(jobs) == 4
-    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parents[0].info.run_id}
+    client, parent, jobs = sweep_runs(student_root, "compress", 4)
     assert {(r.data.params["compress.sparsity"], r.data.params["compress.bits"]) for r in jobs} == \
         {("0.3", "8"), ("0.3", "4"), ("0.6", "8"), ("0.6", "4")}
     sparsities = sorted(round(r["sparsity"], 1) for r in rows)
     assert sparsities == [0.3, 0.3, 0.6, 0.6]
-    assert "sweep/pareto.png" in [a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep")]
+    assert "sweep/pareto.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]

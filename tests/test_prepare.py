@@ -179,3 +179,14 @@ def test_curriculum_first_epoch_is_short_clean_cuts_in_increasing_duration(tiny_
     with pytest.raises(ValueError, match="leaves no training cuts"):
         AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model",
                       curriculum={**cur, "max_cut_duration": 0.01}).train_dataloader()
+
+
+def test_bucketing_with_fewer_cuts_than_buckets(tiny_prepared):
+    """A handful of kept pseudo-labels must not crash lhotse's bucketing (it needs >= 1 cut per bucket)."""
+    from edgeasr.data.datamodule import AsrDataModule
+
+    prep = tiny_prepared[0] / "data" / "prepare"
+    dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", max_duration=10.0, num_buckets=10)
+    for n in (1, 6):
+        few = dm.cuts("train").subset(first=n)
+        assert sorted(c.id for batch in dm._bucketing(few, 10.0) for c in batch) == sorted(c.id for c in few)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose
+from conftest import REPO, compose, sweep_runs
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,6 @@ def test_convergence_harness_sweep_writes_curves_under_one_parent(teacher_root):
     sweep parent with its learning curve; curves.csv / curves.png on disk and on the parent."""
     import csv
 
-    from mlflow.tracking import MlflowClient
-
     cmd = [sys.executable, str(REPO / "pipelines/train_teacher.py"), "-m", "experiment=[tiny,convergence]",
            "train_teacher.max_steps=12", "train_teacher.val_every_n_steps=4", "train_teacher.checkpoint_every_n_steps=4",
            "train_teacher.scheduler.warmup_steps=2", "train_teacher.optimizer.lr=1e-3,3e-3", "hydra.sweep.dir=sweep"]
@@ -110,12 +108,7 @@ def test_convergence_harness_sweep_writes_curves_under_one_parent(teacher_root):
         assert (teacher_root / f"sweep/{job}/data/train_teacher/results/learning_curve.csv").is_file()
     assert (teacher_root / "sweep/curves.png").stat().st_size > 1000
     assert not (teacher_root / "reports/train_teacher.json").exists()  # trials never write the DVC outputs
-    client = MlflowClient(f"sqlite:///{teacher_root}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
-    trials = [r for r in runs if r.info.run_name == "train_teacher"]
-    assert len(parents) == 1 and len(trials) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    client, parent, trials = sweep_runs(teacher_root, "train_teacher", 2)
     assert {r.data.params["train_teacher.optimizer.lr"] for r in trials} == {"0.001", "0.003"}
     assert {r.data.params["trainer.num_threads"] for r in trials} == {"1"}
-    assert "sweep/curves.png" in [a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep")]
+    assert "sweep/curves.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]

@@ -124,10 +124,15 @@ class AsrDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{path} not found; run the prepare stage (`dvc repro prepare`)")
         return CutSet.from_file(path)
 
-    def _bucketing(self, cuts: CutSet, max_duration: float) -> DynamicBucketingSampler:
+    def _bucketing(self, cuts: CutSet, max_duration: float):
+        # lhotse needs at least as many cuts as buckets (e.g. a few kept pseudo-labels): use fewer
+        # buckets, or a plain shuffled sampler below two.
+        buckets = min(self.num_buckets, len(cuts))
+        if buckets < 2:
+            return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=self.seed)
         # Eager CutSets on purpose: our corpora fit in memory and an eager set shuffles fully.
         warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
-        return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, num_buckets=self.num_buckets,
+        return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, num_buckets=buckets,
                                        seed=self.seed, drop_last=False)
 
     def _loader(self, cuts: CutSet, train: bool, sampler=None, dataset: AsrDataset | None = None) -> DataLoader:
