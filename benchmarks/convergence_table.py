@@ -97,7 +97,7 @@ def figure(rows: list[dict], path: Path) -> None:
         axes[0].plot(steps, wers, marker=".", label=label)
         axes[1].plot(mins, wers, marker=".")
     axes[0].set_xlabel("optimizer steps (20 s batches)")
-    axes[1].set_xlabel("wall-clock minutes, 1 thread per trial (two trials side by side)")
+    axes[1].set_xlabel("wall-clock minutes (threads per trial: trials.csv)")
     for ax in axes:
         ax.set_ylabel("dev WER (%)")
         ax.grid(alpha=0.3)
