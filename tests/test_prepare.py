@@ -179,6 +179,9 @@ def test_curriculum_first_epoch_is_short_clean_cuts_in_increasing_duration(tiny_
     with pytest.raises(ValueError, match="leaves no training cuts"):
         AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model",
                       curriculum={**cur, "max_cut_duration": 0.01}).train_dataloader()
+    with pytest.raises(ValueError, match="unknown curriculum keys"):
+        AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model",
+                      curriculum={**cur, "max_duration": 2.0}).train_dataloader()
 
 
 def test_bucketing_with_fewer_cuts_than_buckets(tiny_prepared):

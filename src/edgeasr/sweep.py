@@ -32,12 +32,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def job_overrides(job: Path) -> str:
+    """The job's overrides as Hydra saved them (``.hydra/overrides.yaml``), or its folder name."""
+    overrides_file = job / ".hydra" / "overrides.yaml"
+    return overrides_file.read_text().strip() if overrides_file.is_file() else job.name
+
+
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job: its overrides and the metrics of every report it wrote."""
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "reports").is_dir()):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = overrides_file.read_text().strip() if overrides_file.is_file() else job.name
+        overrides = job_overrides(job)
         for report in sorted((job / "reports").glob("*.json")):
             rows.append({"job": job.name, "stage": report.stem, "overrides": overrides,
                          **json.loads(report.read_text())})
@@ -70,8 +75,7 @@ def collect_curves(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per validation of every job that trained: job, overrides and the learning-curve point."""
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = overrides_file.read_text().strip() if overrides_file.is_file() else job.name
+        overrides = job_overrides(job)
         for curve in sorted(job.glob("data/*/results/learning_curve.json")):
             for point in json.loads(curve.read_text()):
                 rows.append({"job": job.name, "stage": curve.parent.parent.name,

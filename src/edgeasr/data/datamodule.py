@@ -153,7 +153,12 @@ class AsrDataModule(pl.LightningDataModule):
         c = self.curriculum
         if not c or int(c.get("epochs", 0)) <= 0:
             return full
-        easy = self.train_cuts(c.get("splits"))
+        unknown = set(c) - {"epochs", "splits", "max_cut_duration", "sorted"}
+        if unknown:
+            raise ValueError(f"unknown curriculum keys {sorted(unknown)}; allowed: epochs, splits, max_cut_duration, sorted")
+        # the training cuts already loaded serve unless the curriculum names other splits
+        same = not c.get("splits") or list(c["splits"]) == self.train_splits
+        easy = cuts if same else self.train_cuts(c["splits"])
         if c.get("max_cut_duration"):
             easy = easy.filter(lambda cut: cut.duration <= float(c["max_cut_duration"])).to_eager()
         if not len(easy):
