@@ -19,9 +19,11 @@ def deployable(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_text, method: str = "greedy",
-                  beam: int = 4) -> WerAccumulator:
+                  beam: int = 4, max_sym_per_frame: int = 1) -> WerAccumulator:
     """Decode every batch; WER accumulates summed errors over summed reference words, per word
-    class too when the batches carry ``word_classes`` (see :class:`edgeasr.metrics.WerAccumulator`)."""
+    class too when the batches carry ``word_classes`` (see :class:`edgeasr.metrics.WerAccumulator`).
+    ``max_sym_per_frame`` bounds greedy emissions per encoder frame (modified beam search is one
+    per frame by construction, as in sherpa-onnx)."""
     from edgeasr.decoding import greedy_search, modified_beam_search
 
     model.eval()
@@ -29,7 +31,7 @@ def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_
     for batch in loader:
         enc, enc_lens = model.encode(batch["features"], batch["feature_lens"])
         if method == "greedy":
-            hyps = greedy_search(model, enc, enc_lens)
+            hyps = greedy_search(model, enc, enc_lens, max_sym_per_frame=max_sym_per_frame)
         elif method == "beam":
             hyps = [nbest[0].tokens for nbest in modified_beam_search(model, enc, enc_lens, beam=beam)]
         else:
@@ -58,7 +60,7 @@ def add_test_totals(metrics: dict[str, float], split: str = "test") -> dict[str,
 
 
 def evaluate_splits(model: nn.Module, datamodule, splits: Iterable[str], out_dir: Path, method: str = "greedy",
-                    beam: int = 4) -> dict[str, float]:
+                    beam: int = 4, max_sym_per_frame: int = 1) -> dict[str, float]:
     """``wer/<split>`` for each split present, plus ``wer`` (= test), and likewise ``slot_wer`` and
     ``carrier_wer`` where the corpus has word classes (:func:`wer_metrics`); writes
     ``<out_dir>/recogs-<split>.txt`` and ``errs-<split>.txt`` (icefall's formats)."""
@@ -67,7 +69,8 @@ def evaluate_splits(model: nn.Module, datamodule, splits: Iterable[str], out_dir
     for split in splits:
         if not (datamodule.manifest_dir / f"cuts_{split}.jsonl.gz").is_file():
             continue
-        acc = decode_loader(model, datamodule.split_dataloader(split), datamodule.tokenizer.decode, method, beam)
+        acc = decode_loader(model, datamodule.split_dataloader(split), datamodule.tokenizer.decode, method, beam,
+                            max_sym_per_frame)
         acc.write_recogs(out_dir / f"recogs-{split}.txt")
         acc.write_errs(out_dir / f"errs-{split}.txt")
         metrics.update(wer_metrics(acc, split))

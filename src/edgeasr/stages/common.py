@@ -126,7 +126,8 @@ def report_model(cfg: DictConfig, model, dm, section: DictConfig, results: Path,
     from edgeasr.compression.actquant import float_view
     from edgeasr.evaluation import evaluate_splits, model_metrics
 
-    metrics = evaluate_splits(model, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam)
+    dec = section.decoding
+    metrics = evaluate_splits(model, dm, section.eval_splits, results, dec.method, dec.beam, int(dec.max_sym_per_frame))
     # The MAC profiler hooks nn.LSTM calls, which the activation-quantized encoder replaces by its own loop.
     with float_view(model) as plain:
         cost_metrics, cost = model_metrics(plain, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)

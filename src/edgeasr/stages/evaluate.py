@@ -219,7 +219,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         dm = stage_datamodule(cfg, section)
         t0 = time.perf_counter()
         metrics.update(evaluate_splits(rt, dm, section.eval_splits, results, section.decoding.method,
-                                       section.decoding.beam))
+                                       section.decoding.beam, int(section.decoding.max_sym_per_frame)))
         metrics["runtime/wer_decode_s"] = round(time.perf_counter() - t0, 3)
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, data_dir, dm, results))
