@@ -16,6 +16,7 @@ from conftest import TINY_STUDENT_CFG, quantized_tiny_student
 from edgeasr.compression import activation_spec, float_view
 from edgeasr.emulator import HwProfile, npu
 from edgeasr.emulator.cost import PLACEMENTS, LayerWork, roofline
+from edgeasr.emulator.plot import roofline_figure
 
 HW_DIR = Path(__file__).resolve().parents[1] / "conf" / "hw"
 CFG = TINY_STUDENT_CFG
@@ -273,7 +274,7 @@ def test_roofline_figure_has_roofs_and_points(student, tmp_path):
     spec, trace = student["spec"], student["trace"]
     prof = hw("edge_npu")
     reports = {v: npu.emulate(trace, spec, prof, v).report for v in npu.VARIANTS}
-    fig = npu.roofline_figure(reports, prof)
+    fig = roofline_figure(reports, prof)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and len(ax.collections) == 3  # one scatter per variant
     assert len(ax.lines) == 2 + len(prof.bandwidth_bytes_per_s)  # int8 + fp32 compute roofs, one per level

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from edgeasr.data.synthetic import (
     tts,
 )
 from edgeasr.data.synthetic.corpus import SPLITS, common_generator
+from edgeasr.data.synthetic.templates import load_templates, parse_templates
+from edgeasr.data.synthetic.text import RARE_DIMMABLE_TEMPLATES, RARE_TEMPLATES, TEMPLATES, _fill
+from edgeasr.data.word_classes import check_word_classes, fill_segments, normalize_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234
@@ -231,8 +235,6 @@ def _pattern(words, classes):
 
 
 def _template_patterns(templates):
-    import re
-
     out = set()
     for t in templates:
         parts = re.split(r"(\{\w+\})", t)
@@ -247,8 +249,6 @@ def _template_patterns(templates):
 def test_word_classes_align_with_the_words_of_every_family(seed):
     """One class per word of the final text (numbers and clocks spelled out), carrier words exactly
     the template's, wake word a carrier, over thousands of draws of every split's generator."""
-    from edgeasr.data.synthetic.text import RARE_DIMMABLE_TEMPLATES, RARE_TEMPLATES, TEMPLATES
-
     cfg = default_cfg()
     gen, voices = common_generator(cfg, seed), split_voices(cfg, seed)
     wake = cfg["wake_word"]
@@ -282,9 +282,6 @@ def test_word_classes_align_with_the_words_of_every_family(seed):
 
 def test_classified_fill_draws_exactly_what_the_plain_fill_draws():
     """The random stream is unchanged: same text, same generator state after every template."""
-    from edgeasr.data.synthetic.text import RARE_TEMPLATES, TEMPLATES, _fill
-    from edgeasr.data.word_classes import fill_segments, normalize_segments
-
     gen = common_generator(default_cfg(), SEED)
     all_templates = [t for ts in (*TEMPLATES.values(), *RARE_TEMPLATES.values()) for t in ts]
     for i, t in enumerate(all_templates):
@@ -298,8 +295,6 @@ def test_classified_fill_draws_exactly_what_the_plain_fill_draws():
 
 
 def test_normalize_segments_counts_spelled_out_words():
-    from edgeasr.data.word_classes import check_word_classes, normalize_segments
-
     segs = [("set a timer for ", "c"), ("25 minutes", "s")]
     want = ("set a timer for twenty five minutes", "ccccsss")
     assert normalize_segments(segs, normalize_text) == want
@@ -312,3 +307,58 @@ def test_normalize_segments_counts_spelled_out_words():
     assert check_word_classes("a b", "cs") == "cs" and check_word_classes("a b", ["c", "s"]) == "cs"
     assert check_word_classes("a b c", "cs") is None and check_word_classes(None, "cs") is None
     assert check_word_classes("a b", "cx") is None and check_word_classes("a b", 3) is None
+
+
+_BOOK_OK = """# comment
+[family a 0.25]
+stop
+call {contact}
+
+[family b 0.75]
+play {song}
+[rare call]
+call {contact}
+[rare device]
+turn on the {app}
+[rare dimmable]
+dim the {app}
+"""
+
+
+@pytest.mark.parametrize(
+    "edit, error",
+    [
+        (lambda s: "stop\n" + s, r"t\.txt:1: template 'stop' before the first \[family"),
+        (lambda s: s.replace("[family a 0.25]", "[family a]"), r"t\.txt:2: bad header"),
+        (lambda s: s.replace("0.25", "-1"), r"t\.txt:2: family weight '-1' is not a positive"),
+        (lambda s: s.replace("[rare device]", "[rare devices]"), r":10: unknown section"),
+        (lambda s: s.replace("play {song}", "play  {song}"), r"t\.txt:7: '' in 'play  {song}'"),
+        (lambda s: s.replace("play {song}", "Play {song}"), r":7: 'Play' in"),
+        (lambda s: s.replace("play {song}", "play {n}th"), r":7: '{n}th' in"),
+        (lambda s: s.replace("play {song}", "play {song} "), r":7: '' in"),
+        (lambda s: s.replace("stop\n", "stop\nstop\n"), r":4: 'stop' repeats t\.txt:3"),
+        (lambda s: s + "[family a 0.1]\nx\n", r":14: '\[family a 0.1\]' repeats .*t\.txt:2"),
+        (lambda s: s.replace("play {song}\n", ""), r"t\.txt:6: section \[family b\] has no"),
+        (lambda s: s.replace("[rare dimmable]\ndim the {app}\n", ""), r"no \[rare dimmable\]"),
+        (lambda s: s.replace("0.75", "0.7"), r"t\.txt: the family weights sum to 0\.95, not 1"),
+    ],
+)
+def test_template_file_parsing_is_strict(edit, error):
+    """A malformed template file is refused with the file and line, never read differently."""
+    parse_templates(_BOOK_OK, "t.txt")
+    with pytest.raises(ValueError, match=error):
+        parse_templates(edit(_BOOK_OK), "t.txt")
+
+
+def test_template_slots_are_checked_and_the_shipped_file_loads():
+    book = parse_templates(_BOOK_OK, "t.txt")
+    assert book.families == {"a": ("stop", "call {contact}"), "b": ("play {song}",)}
+    assert book.weights == {"a": 0.25, "b": 0.75} and book.rare["dimmable"] == ("dim the {app}",)
+    book.check_slots("family", ("contact", "song"))
+    with pytest.raises(ValueError, match=r"t\.txt:7: template 'play \{song\}' names unknown"):
+        book.check_slots("family", ("contact",))
+    with pytest.raises(ValueError, match=r"t\.txt:11: template 'turn on the \{app\}' names"):
+        book.check_slots("rare", ("contact",))
+    shipped = load_templates()  # through importlib.resources: the wheel's package data
+    assert shipped.families is TEMPLATES and list(shipped.weights) == list(TEMPLATES)
+    assert shipped.rare["dimmable"] is RARE_DIMMABLE_TEMPLATES

@@ -2,7 +2,7 @@
 
 from .corpus import iter_split_specs, split_voices, synthesize_corpus
 from .noise import make_noise_pool, make_rir_pool
-from .text import normalize_text
+from .normalize import normalize_text
 
 __all__ = [
     "iter_split_specs",

@@ -1,67 +1,26 @@
-"""Transcript normalisation and the voice-assistant request generator.
+"""The voice-assistant request generator: slot inventory, common requests, rare-entity requests.
 
 Slot values and phrasings are drawn Zipf-like (rank r has weight 1 / r**s): real assistant traffic
 is dominated by a few commands, names and places, and the skew is what keeps the test split's
-out-of-vocabulary rate against a few hours of training text near 1 %.
+out-of-vocabulary rate against a few hours of training text near 1 %. The phrasings are data:
+resources/request_templates.txt (edgeasr.data.synthetic.templates).
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import names
 import numpy as np
 from num2words import num2words
 
 from ..word_classes import CARRIER, Segments, fill_segments, normalize_segments
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-
-# ---------------------------------------------------------------------------------------------
-# Normalisation
-
-
-_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
-_CLOCK = re.compile(r"\b(\d{1,2}):(\d\d)\b")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
-_APOS_EDGE = re.compile(r"(?<![a-z])'|'(?![a-z])")
-
-
-def _spell_clock(m: re.Match) -> str:
-    hour, minute = num2words(int(m.group(1))), int(m.group(2))
-    if minute == 0:
-        return f" {hour} o'clock "
-    return f" {hour} {'oh ' if minute < 10 else ''}{num2words(minute)} "
-
-
-def _spell_number(m: re.Match) -> str:
-    s = m.group(0)
-    return " " + num2words(float(s) if "." in s else int(s)) + " "
-
-
-def normalize_text(s: str) -> str:
-    """Lowercase a-z words, apostrophes inside words, single spaces; numbers spelled out.
-
-    >>> normalize_text("Set a timer for 25 minutes!")
-    'set a timer for twenty five minutes'
-    """
-    s = unicodedata.normalize("NFKD", s)
-    s = "".join(c for c in s if not unicodedata.combining(c))
-    s = s.lower().replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
-    s = s.replace("%", " percent ").replace("&", " and ").replace("+", " plus ")
-    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,200 -> 1200
-    s = _CLOCK.sub(_spell_clock, s)  # 7:05 -> seven oh five
-    s = _ORDINAL.sub(lambda m: " " + num2words(int(m.group(1)), to="ordinal") + " ", s)
-    s = _NUMBER.sub(_spell_number, s)
-    s = _NOT_ALLOWED.sub(" ", s)  # hyphens, commas and other punctuation become spaces
-    s = _APOS_EDGE.sub(" ", s)  # quotes, not contractions
-    return " ".join(s.split())
-
+from .normalize import normalize_text
+from .templates import RESOURCES, load_templates
 
 # ---------------------------------------------------------------------------------------------
 # Word lists
@@ -85,12 +44,10 @@ def census_names(kind: str, min_rank: int = 0) -> tuple[str, ...]:
     kind: "first" (male and female lists merged by frequency) or "last"; `min_rank` keeps only
     names whose census rank (as listed in the package's files) is above it.
     """
-    import names
-
     root = Path(names.__file__).resolve().parent
-    files = ["dist.male.first", "dist.female.first"] if kind == "first" else ["dist.all.last"]
+    lists = ["dist.male.first", "dist.female.first"] if kind == "first" else ["dist.all.last"]
     rows: list[tuple[float, int, str]] = []
-    for fname in files:
+    for fname in lists:
         for line in (root / fname).read_text().splitlines():
             parts = line.split()
             if len(parts) >= 4 and int(parts[3]) > min_rank:
@@ -255,215 +212,14 @@ def _fill(template: str, slots: Slots, rng: np.random.Generator) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: slots[m.group(1)](rng), template)
 
 
-# Phrasings per family, most common first (drawn Zipf-like).
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "generic": (
-        "stop",
-        "what time is it",
-        "volume up",
-        "pause",
-        "volume down",
-        "next song",
-        "turn it up",
-        "turn it down",
-        "resume",
-        "what's the date today",
-        "cancel",
-        "skip this song",
-        "set the volume to {vol}",
-        "what day is it today",
-        "louder",
-        "mute",
-        "tell me a joke",
-        "stop the music",
-        "what's playing",
-        "turn the volume up",
-        "turn the volume down",
-        "good morning",
-        "good night",
-        "thank you",
-        "play some music",
-        "volume {vol}",
-        "what's the time",
-        "unmute",
-        "quieter",
-        "go back",
-        "repeat that",
-        "read my messages",
-        "what's the news",
-        "how are you",
-        "what can you do",
-        "turn everything off",
-        "play the next song",
-        "shuffle my playlist",
-        "what's the date",
-        "never mind",
-    ),
-    "timer": (
-        "set a timer for {minutes}",
-        "set a {n} minute timer",
-        "set an alarm for {time}",
-        "timer for {minutes}",
-        "wake me up at {time}",
-        "cancel the timer",
-        "how much time is left",
-        "set a timer for {seconds}",
-        "stop the alarm",
-        "set an alarm for {time} tomorrow",
-        "cancel my alarm",
-        "remind me in {minutes}",
-        "set a timer for {hours}",
-        "how much time is left on my timer",
-        "{n} minute timer",
-        "set a {n} minute timer for the {food}",
-        "snooze",
-        "wake me up at {time} tomorrow",
-        "set an alarm for {time} on {weekday}",
-        "what time is my alarm",
-        "turn off my alarm",
-        "delete my {clock} alarm",
-        "add {minutes} to the timer",
-        "set a timer for {n} and a half minutes",
-    ),
-    "weather": (
-        "what's the weather",
-        "what's the weather {when}",
-        "what's the weather in {city}",
-        "what's the weather like",
-        "will it rain {when}",
-        "what's the weather in {city} {when}",
-        "what's the temperature outside",
-        "what's the weather like in {city}",
-        "is it going to rain {when}",
-        "what's the temperature in {city}",
-        "weather in {city}",
-        "do i need an umbrella {when}",
-        "what's the forecast for {city}",
-        "how hot will it be {when}",
-        "will it rain in {city} {when}",
-        "how cold is it in {city}",
-        "is it going to snow {when}",
-        "what's the weather going to be like {when}",
-        "is it windy in {city}",
-        "what's the forecast {when}",
-        "will it be sunny in {city} {when}",
-    ),
-    "music": (
-        "play {song}",
-        "play {artist}",
-        "play some {artist}",
-        "play {song} by {artist}",
-        "play music by {artist}",
-        "put on {song}",
-        "play the song {song}",
-        "play {artist} radio",
-        "i want to hear {song}",
-        "shuffle songs by {artist}",
-        "play {song} in the {room}",
-        "play the latest album by {artist}",
-        "who sings {song}",
-        "play {artist} in the {room}",
-        "add {song} to my playlist",
-        "play something by {artist}",
-    ),
-    "call": (
-        "call {contact}",
-        "call {first}",
-        "call {relation}",
-        "send a message to {contact}",
-        "text {first} {message}",
-        "phone {contact}",
-        "message {first} {message}",
-        "video call {first}",
-        "dial {contact}",
-        "send a text to {first} saying {message}",
-        "tell {relation} {message}",
-        "call {first} on speaker",
-        "tell {first} {message}",
-        "send a message to {first} saying {message}",
-        "read my messages from {first}",
-        "drop in on {relation}",
-        "text {contact} {message}",
-        "hang up",
-    ),
-    "device": (
-        "turn on the {app}",
-        "turn off the {app}",
-        "turn off the lights",
-        "turn the {app} off",
-        "turn the {app} on",
-        "set the {light} to {pct} percent",
-        "switch off the {app}",
-        "dim the {light}",
-        "switch on the {app}",
-        "dim the {light} to {pct} percent",
-        "turn on the lights",
-        "set {light} brightness to {pct} percent",
-        "is the {app} on",
-        "brighten the {light}",
-        "turn off all the lights",
-        "set the {light} brightness to {pct} percent",
-        "turn the {light} up to {pct} percent",
-        "{app} off",
-        "{app} on",
-    ),
-    "shopping": (
-        "add {item} to my shopping list",
-        "add {item} to the shopping list",
-        "what's on my shopping list",
-        "put {item} on my shopping list",
-        "add {item}",
-        "add {item} to my list",
-        "remove {item} from my shopping list",
-        "add {item} and {item} to my shopping list",
-        "we need {item}",
-        "take {item} off my shopping list",
-        "read my shopping list",
-        "do i have {item} on my list",
-        "put {item} on the list",
-        "clear my shopping list",
-        "remove {item} from the list",
-    ),
-}
+# Phrasings per family, most common first (drawn Zipf-like), and the families' weights.
+_BOOK = load_templates()
+TEMPLATES = _BOOK.families
+FAMILY_WEIGHTS = _BOOK.weights
+RARE_TEMPLATES = {f: _BOOK.rare[f] for f in ("call", "device")}
+RARE_DIMMABLE_TEMPLATES = _BOOK.rare["dimmable"]  # only for a rare device that dims
 # Phrasings vary more than slot values: their words are few and shared, so they cost little OOV.
 TEMPLATE_ZIPF = 0.7
-FAMILY_WEIGHTS = {
-    "generic": 0.14,
-    "timer": 0.14,
-    "weather": 0.13,
-    "music": 0.15,
-    "call": 0.15,
-    "device": 0.16,
-    "shopping": 0.13,
-}
-RARE_TEMPLATES = {
-    "call": (
-        "call {contact}",
-        "send a message to {contact}",
-        "phone {contact}",
-        "video call {contact}",
-        "dial {contact}",
-        "text {contact} {message}",
-        "send a text to {contact} saying {message}",
-        "message {contact} {message}",
-        "tell {contact} {message}",
-    ),
-    "device": (
-        "turn on the {app}",
-        "turn off the {app}",
-        "turn the {app} off",
-        "turn the {app} on",
-        "switch on the {app}",
-        "switch off the {app}",
-        "is the {app} on",
-    ),
-}
-RARE_DIMMABLE_TEMPLATES = (
-    "set the {app} to {pct} percent",
-    "dim the {app} to {pct} percent",
-    "dim the {app}",
-    "brighten the {app}",
-)
 
 MINUTES = (5, 10, 1, 2, 3, 15, 20, 30, 25, 4, 45, 8, 12, 6, 7, 40, 90, 35, 50, 9, 18, 11)
 SECONDS = (30, 10, 20, 45, 15, 90, 40)
@@ -572,6 +328,7 @@ class RequestGenerator:
             "weekday": weekday,
             "food": Zipf(FOODS, 1.0),
         }
+        _BOOK.check_slots("family", self.slots)
         self.templates = {f: Zipf(t, TEMPLATE_ZIPF) for f, t in TEMPLATES.items()}
         self.families = Zipf(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))
 
@@ -639,6 +396,7 @@ class RareRequestGenerator:
         self._devices = list(load_list("rare_devices")) + list(load_list("appliance_devices"))
         self._pct = common.slots["pct"]
         self._message = common.slots["message"]
+        _BOOK.check_slots("rare", ("contact", "app", "pct", "message"))  # what sample() fills
 
     def _rare_contact(self, rng) -> str:
         first = self._firsts[rng.integers(len(self._firsts))]
