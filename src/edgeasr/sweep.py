@@ -56,12 +56,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 def figure(rows: list[dict[str, Any]]):
     # matplotlib not at the top: Hydra imports this module at the start of every stage run
     # (conf/config.yaml callback), most never draw; matplotlib costs 0.37 s of CPU (measured).
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "size_bytes", "size (KB)"), (axes[1], "emulated_latency_ms", "emulated latency (ms)")):
         pts = [(r[key] / (1000 if key == "size_bytes" else 1), r["wer"]) for r in rows]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18)
@@ -91,12 +89,10 @@ def collect_curves(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def curves_figure(rows: list[dict[str, Any]]):
     """Dev WER against wall-clock minutes and against audio hours trained on, one line per job."""
-    import matplotlib  # not at the top: see figure()
+    from matplotlib.figure import Figure  # not at the top: see figure()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     jobs = sorted({r["job"] for r in rows}, key=lambda j: (len(j), j))
     overrides = {r["job"]: r["overrides"].split() for r in rows}
     shared = set.intersection(*(set(o) for o in overrides.values())) if len(overrides) > 1 else set()
