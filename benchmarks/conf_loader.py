@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(overrides=None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     with initialize_config_dir(str(CONF), version_base=None):
         return hydra_compose("config", overrides=list(overrides or []))

@@ -18,6 +18,9 @@ import json
 from pathlib import Path
 
 from conf_loader import compose
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 # Params that describe the harness itself, not the trial.
 IGNORED = ("trainer.progress", "train_teacher.val_every_n_steps", "train_teacher.checkpoint_every_n_steps",
@@ -85,12 +88,8 @@ def trials(client, baseline: dict[str, str], prefixes: list[str]) -> list[dict]:
 
 
 def figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5 + 0.13 * len(rows)))
+    fig = Figure(figsize=(13, 4.5 + 0.13 * len(rows)))
+    axes = fig.subplots(1, 2)
     for r in rows:
         steps, mins, wers = zip(*r["points"])
         label = f"{r['run']}: {r['config']}"[:95]
@@ -115,9 +114,6 @@ def main() -> None:
                                                       "train_teacher.optimizer.lr=5e-4", "train_teacher.max_steps=3000"],
                     help="Hydra overrides of the config the trials are described against")
     args = ap.parse_args()
-    from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf
-
     base = flat(OmegaConf.to_container(compose(args.baseline), resolve=True))
     rows = trials(MlflowClient(args.tracking_uri), base, args.runs)
     out = Path(args.out)

@@ -12,12 +12,19 @@ import argparse
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
+from conf_loader import compose
+from omegaconf import OmegaConf
+
+from edgeasr.data.datamodule import AsrDataModule
+from edgeasr.decoding import greedy_search, modified_beam_search
+from edgeasr.models import build_transducer
+from edgeasr.training import TransducerLitModule
+from edgeasr.training.callbacks import Throughput
 
 
 def batches(prep: Path, max_duration: float, n: int):
-    from edgeasr.data.datamodule import AsrDataModule
-
     dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=["train"],
                        max_duration=max_duration)
     out = []
@@ -29,10 +36,6 @@ def batches(prep: Path, max_duration: float, n: int):
 
 
 def build(cfg_model, vocab: int):
-    from omegaconf import OmegaConf
-
-    from edgeasr.models import build_transducer
-
     return build_transducer({**OmegaConf.to_container(cfg_model, resolve=True), "vocab_size": vocab})
 
 
@@ -54,11 +57,6 @@ def lightning_loop(model, data, decode, devices: int = 1) -> float | None:
     """Lightning on the same batches. ``devices=2``: DDP over two 1-thread CPU processes (forked;
     Lightning's DistributedSampler gives each rank half of the batches, so the same total audio).
     The forked ranks cannot hand callback state back, so rank 0 prints its figure and this returns None."""
-    import pytorch_lightning as pl
-
-    from edgeasr.training import TransducerLitModule
-    from edgeasr.training.callbacks import Throughput
-
     class Report(Throughput):
         def on_train_end(self, trainer, pl_module):
             if devices > 1 and trainer.is_global_zero:
@@ -77,8 +75,6 @@ def lightning_loop(model, data, decode, devices: int = 1) -> float | None:
 
 @torch.inference_mode()
 def decode_rtf(model, data, method: str) -> float:
-    from edgeasr.decoding import greedy_search, modified_beam_search
-
     model.eval()
     audio, t = 0.0, time.perf_counter()
     for b in data:
@@ -89,8 +85,6 @@ def decode_rtf(model, data, method: str) -> float:
 
 
 def main() -> None:
-    from conf_loader import compose
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 
@@ -104,9 +107,6 @@ def test_streaming_greedy_equals_full_greedy(model_and_enc, chunk):
 def test_beam_merging_matches_exhaustive_sum_over_alignments():
     """With a beam wide enough to prune nothing, each hypothesis' log_prob is the exact log-sum over
     all one-symbol-per-frame alignments of its token sequence."""
-    import itertools
-    import math
-
     model, _, enc, _ = make_model("stateless")
     enc = enc[:1, :3]
     cache: dict[tuple[int, ...], torch.Tensor] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeasr.metrics import WerAccumulator
+from edgeasr.metrics import WerAccumulator, _align, _combine
 
 
 def test_hand_computed_counts():
@@ -76,8 +76,6 @@ def test_successive_errors_are_grouped():
     acc = WerAccumulator()
     acc.update(["call mom now"], ["all men now"], ids=["u"])
     assert acc.summary()["sub"] == 2
-    from edgeasr.metrics import _align, _combine
-
     assert " ".join(_combine(_align("call mom now".split(), "all men now".split()))) == "(call mom->all men) now"
 
 

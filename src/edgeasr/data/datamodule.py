@@ -14,8 +14,10 @@ from typing import Sequence
 import pytorch_lightning as pl
 from lhotse import CutSet
 from lhotse.dataset.collation import collate_features
-from lhotse.dataset.sampling import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.sampling import DynamicBucketingSampler, SimpleCutSampler, ZipSampler
 from torch.utils.data import DataLoader, Dataset
+
+from edgeasr.training.distill import collate_targets
 
 from .tokenizer import Tokenizer
 from .word_classes import check_word_classes
@@ -64,8 +66,6 @@ class AsrDataset(Dataset):
                  "texts": [c.supervisions[0].text if c.supervisions else None for c in cuts],
                  "cut_ids": [c.id for c in cuts], "word_classes": [self._word_classes(c) for c in cuts]}
         if self.targets is not None:
-            from edgeasr.training.distill import collate_targets
-
             batch["teacher_logp"], batch["teacher_lens"] = collate_targets(self.targets, batch["cut_ids"])
         return batch
 
@@ -201,8 +201,6 @@ class DistillDataModule(AsrDataModule):
         self.pseudo_cuts, self.targets, self.unlabeled_ratio = pseudo_cuts, targets, float(unlabeled_ratio)
 
     def train_dataloader(self) -> DataLoader:
-        from lhotse.dataset.sampling import ZipSampler
-
         r = self.unlabeled_ratio if self.pseudo_cuts is not None and len(self.pseudo_cuts) else 0.0
         if r and self.curriculum:
             raise ValueError("a curriculum with unlabeled_ratio > 0 is not supported: set unlabeled_ratio=0 "

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torchaudio.compliance.kaldi as kaldi
 from lhotse.features.base import FeatureExtractor, register_extractor
 
 
@@ -44,8 +45,6 @@ class KaldiFbank(FeatureExtractor):
     config_type = KaldiFbankConfig
 
     def extract(self, samples: np.ndarray | torch.Tensor, sampling_rate: int) -> np.ndarray:
-        import torchaudio.compliance.kaldi as kaldi
-
         # One thread per worker: lhotse runs num_jobs processes; intra-op threads only contend (10x slower).
         torch.set_num_threads(1)
         x = torch.as_tensor(samples, dtype=torch.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+from lhotse.recipes import prepare_librispeech as lhotse_prepare
 
 from .cleaning import FilterLog
 
@@ -33,8 +34,6 @@ def _require_dir(path, key: str) -> Path:
 def prepare_librispeech(cfg: Mapping, num_jobs: int = 2) -> Raw:
     """``data.parts`` maps our split names to LibriSpeech parts, e.g. ``train: [train-clean-100]``;
     several parts per split are concatenated. Reads ``<part>/<spk>/<chapter>/*.flac`` + ``*.trans.txt``."""
-    from lhotse.recipes import prepare_librispeech as lhotse_prepare
-
     corpus_dir = _require_dir(cfg.get("corpus_dir"), "corpus_dir")
     parts = {split: list(p) for split, p in cfg["parts"].items() if p}
     wanted = sorted({p for ps in parts.values() for p in ps})

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import sentencepiece as spm
+
 BLANK = "<blk>"
 BLANK_ID = 0
 UNK_ID = 1
@@ -23,8 +25,6 @@ def train_tokenizer(
     ``vocab_size`` is a soft limit: a small corpus cannot support 256 pieces, and failing the whole
     pipeline over that helps nobody; the real size is in ``tokens.txt`` and the prepare report.
     """
-    import sentencepiece as spm
-
     model_dir.mkdir(parents=True, exist_ok=True)
     corpus = model_dir / "train_text.txt"
     lines = [t for t in texts if t]
@@ -58,8 +58,6 @@ class Tokenizer:
     """Thin wrapper over a SentencePiece model: ``encode(text) -> ids``, ``decode(ids) -> text``."""
 
     def __init__(self, model_path: str | Path):
-        import sentencepiece as spm
-
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model {path} not found; run the prepare stage (`dvc repro prepare`)")

@@ -10,31 +10,28 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from edgeasr.deploy.sherpa import hotword_wer, sherpa_decode, utterances_from_cuts, utterances_from_wavs, verify_bundle
+from edgeasr.export.sherpa import SherpaBundle, export_sherpa_bundles
+from edgeasr.models.io import load_model
+
 
 def _model(path):
-    from edgeasr.models.io import load_model
-
     return load_model(path)[0]
 
 
 def _bundles(root: Path, modes):
-    from edgeasr.export.sherpa import SherpaBundle
-
     return {m: SherpaBundle.load(root / m) for m in modes}
 
 
 def cmd_export(a) -> dict:
-    from edgeasr.export.sherpa import export_sherpa_bundles
-
     b = export_sherpa_bundles(_model(a.model), a.tokenizer, a.out, chunk_frames=a.chunk_frames, int8=not a.no_int8,
                               extra_meta={"source": str(a.model)})
     return {m: {"dir": str(x.dir), "bytes": x.info["bytes"], "zeros": x.info["zeros"]} for m, x in b.items()}
 
 
 def cmd_decode(a) -> dict:
-    from edgeasr.deploy.sherpa import sherpa_decode, utterances_from_wavs
-    from edgeasr.export.sherpa import SherpaBundle
-
     b = SherpaBundle.load(a.bundle)
     utts = utterances_from_wavs(a.wavs)
     hw = [a.hotwords] * len(utts) if a.hotwords else None
@@ -46,10 +43,6 @@ def cmd_decode(a) -> dict:
 
 
 def cmd_verify(a) -> dict:
-    import torch
-
-    from edgeasr.deploy.sherpa import utterances_from_cuts, verify_bundle
-
     torch.set_num_threads(1)
     model = _model(a.model)
     utts = utterances_from_cuts(a.cuts, limit=a.limit)
@@ -66,8 +59,6 @@ def cmd_verify(a) -> dict:
 
 
 def cmd_hotwords(a) -> dict:
-    from edgeasr.deploy.sherpa import hotword_wer, utterances_from_cuts
-
     utts = utterances_from_cuts(a.cuts, limit=a.limit)
     out = {}
     for mode, b in _bundles(Path(a.bundles), a.modes).items():

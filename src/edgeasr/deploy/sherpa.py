@@ -26,11 +26,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import soundfile as sf
+import torch
+from lhotse import CutSet
+
+from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
+from edgeasr.decoding import greedy_search, greedy_search_streaming
+from edgeasr.metrics import WerAccumulator
 
 SAMPLE_RATE = 16000
 DEFAULT_TAIL_PADDING_S = 0.5  # > one streaming chunk (35 frames = 0.35 s), so the last words are decoded
@@ -51,8 +59,6 @@ class Utterance:
 def utterances_from_cuts(cuts, limit: int | None = None) -> list[Utterance]:
     """lhotse cuts (a CutSet or a manifest path; paths inside are relative to the cwd) -> utterances
     with reference text and, where present, the supervision's ``custom["context"]`` list."""
-    from lhotse import CutSet
-
     if isinstance(cuts, (str, Path)):
         cuts = CutSet.from_file(cuts)
     out = []
@@ -70,8 +76,6 @@ def utterances_from_cuts(cuts, limit: int | None = None) -> list[Utterance]:
 
 
 def utterances_from_wavs(paths: Iterable[str | Path]) -> list[Utterance]:
-    import soundfile as sf
-
     out = []
     for p in paths:
         x, sr = sf.read(str(p), dtype="float32", always_2d=True)
@@ -137,10 +141,6 @@ def sherpa_decode(files: Mapping[str, str], utts: Sequence[Utterance], *, stream
 # ---- our own decode, the reference -----------------------------------------------------------
 def fbank(samples: np.ndarray, feature_cfg: Mapping[str, Any] | None = None):
     """(T, 80) float32 torch tensor: the prepare stage's Kaldi fbank (= sherpa-onnx's) on ``samples``."""
-    import torch
-
-    from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
-
     threads = torch.get_num_threads()
     cfg = KaldiFbankConfig.from_cfg(feature_cfg) if feature_cfg else KaldiFbankConfig()
     try:
@@ -165,12 +165,6 @@ def torch_greedy(model, utts: Sequence[Utterance], *, streaming: bool = False, c
     :func:`sherpa_decode`), fed to ``model.encoder.infer`` in sherpa's chunks and decoded by
     :func:`greedy_search_streaming`. ``times``: if given, per-utterance wall seconds are appended
     (features included)."""
-    import time
-
-    import torch
-
-    from edgeasr.decoding import greedy_search, greedy_search_streaming
-
     if tail_padding_s is None:
         tail_padding_s = DEFAULT_TAIL_PADDING_S if streaming else 0.0
     model.eval()
@@ -248,8 +242,6 @@ class Agreement:
 
 def wer_percent(refs: Sequence[str | None], hyps: Sequence[str]) -> float:
     """Corpus WER (summed errors / summed reference words) over pairs with a reference."""
-    from edgeasr.metrics import WerAccumulator
-
     pairs = [(r, h) for r, h in zip(refs, hyps) if r is not None]
     if not pairs:
         return float("nan")

@@ -31,17 +31,17 @@ import json
 import sys
 import time
 
+import numpy as np
+import sherpa_onnx
+import soundfile as sf
+
 SAMPLE_RATE = 16000
 
 
 def _audio(job):
-    import numpy as np
-
     if job.get("audio"):
         z = np.load(job["audio"])
         return [z[f"a{i}"].astype(np.float32) for i in range(len(z.files))]
-    import soundfile as sf
-
     out = []
     for p in job["wavs"]:
         x, sr = sf.read(p, dtype="float32", always_2d=True)
@@ -52,8 +52,6 @@ def _audio(job):
 
 
 def _recognizer(job):
-    import sherpa_onnx
-
     f = job["files"]
     kw = dict(encoder=f["encoder"], decoder=f["decoder"], joiner=f["joiner"], tokens=f["tokens"],
               num_threads=int(job.get("num_threads", 1)), sample_rate=SAMPLE_RATE, feature_dim=80,
@@ -77,8 +75,6 @@ OFFLINE_SAMPLE_SCALE = 32768.0
 
 
 def main(argv=None) -> int:
-    import numpy as np
-
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0], encoding="utf-8") as fh:
         job = json.load(fh)

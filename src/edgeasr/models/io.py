@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
+
+from .transducer import build_transducer
 
 FORMAT = "edgeasr-transducer"
 VERSION = 1
 
 
 def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
-    from omegaconf import OmegaConf
-
     # Plain containers only (nested DictConfigs included): the loader reads with weights_only=True.
     cfg = OmegaConf.to_container(OmegaConf.create(dict(model_cfg)), resolve=True)
     path = Path(path)
@@ -33,8 +34,6 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
 
     Raises ``ValueError`` naming the file for anything that is not such a file.
     """
-    from .transducer import build_transducer
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; run the stage that writes it (dvc repro)")

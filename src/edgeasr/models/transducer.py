@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as taf
 from torch import nn
 
 from .encoders import ConformerEncoder, LstmEncoder
@@ -72,8 +73,6 @@ class Transducer(nn.Module):
         return self._rnnt(logits, enc_lens, y, y_lens, reduction)
 
     def _rnnt(self, logits, enc_lens, y, y_lens, reduction):
-        import torchaudio.functional as taf
-
         # float32: rnnt_loss has no bf16 kernel (autocast may hand us bf16 logits).
         return taf.rnnt_loss(
             logits.float(), y.to(torch.int32), enc_lens.to(torch.int32), y_lens.to(torch.int32),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
 
 class Throughput(pl.Callback):
@@ -72,12 +73,8 @@ class LearningCurve(pl.Callback):
         self._offset_min = float(state.get("minutes", 0.0))
 
     def figure(self, title: str):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
         ax.plot([p["minutes"] for p in self.points], [p["val_wer"] for p in self.points], marker="o")
         ax.set_xlabel("training wall-clock minutes")
         ax.set_ylabel("dev WER (%)")

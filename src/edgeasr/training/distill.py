@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgeasr.losses import collapsed_kl, collapsed_log_probs, node_mask, node_occupancy
+from edgeasr.models.transducer import pad_labels
 
 from .module import TransducerLitModule
 
@@ -78,8 +79,6 @@ def teacher_targets(teacher: nn.Module, batches, progress: Any = None, occupancy
     DataModule's); returns ``{cut_id: float16 tensor (T_n, U_n + 1, 3)}``, with a 4th channel, the
     log node occupancy of the teacher's alignments, when ``occupancy``.
     """
-    from edgeasr.models.transducer import pad_labels
-
     teacher.eval()
     out: dict[str, torch.Tensor] = {}
     for b in batches:

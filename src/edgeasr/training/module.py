@@ -11,7 +11,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
+import torchaudio.transforms as T
 from torch import nn
+from torchmetrics.text import WordErrorRate
+
+from edgeasr.decoding import greedy_search
 
 
 class SpecAugment(nn.Module):
@@ -21,8 +25,6 @@ class SpecAugment(nn.Module):
     def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 40,
                  time_max_ratio: float = 0.1):
         super().__init__()
-        import torchaudio.transforms as T
-
         self.freq = nn.ModuleList(T.FrequencyMasking(freq_width, iid_masks=True) for _ in range(freq_masks))
         self.time = nn.ModuleList(T.TimeMasking(time_width, iid_masks=True, p=time_max_ratio) for _ in range(time_masks))
 
@@ -70,8 +72,6 @@ class TransducerLitModule(pl.LightningModule):
         self.decode_text = decode_text
         self.optim_cfg, self.sched_cfg = dict(optimizer), dict(scheduler)
         self.specaug = SpecAugment(**specaug) if specaug else None
-        from torchmetrics.text import WordErrorRate
-
         # torchmetrics sums errors and reference words (and syncs them across DDP ranks):
         # the corpus WER, never a mean of per-batch WERs.
         self.val_wer = WordErrorRate()
@@ -100,8 +100,6 @@ class TransducerLitModule(pl.LightningModule):
         return {}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        from edgeasr.decoding import greedy_search
-
         x, x_lens = batch["features"], batch["feature_lens"]
         enc, enc_lens = self.model.encode(x, x_lens)
         hyps = [self.decode_text(h) for h in greedy_search(self.model, enc, enc_lens)]

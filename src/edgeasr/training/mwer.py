@@ -22,7 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from edgeasr.decoding import modified_beam_search
 from edgeasr.losses import mwer_loss, nbest_posteriors
+from edgeasr.metrics import WerAccumulator
 
 from .module import TransducerLitModule
 
@@ -30,8 +32,6 @@ from .module import TransducerLitModule
 def word_errors(ref: str, hyp: str) -> int:
     """Insertions + deletions + substitutions of ``hyp`` against ``ref`` (whitespace-split words),
     counted exactly as the reported WER counts them."""
-    from edgeasr.metrics import WerAccumulator
-
     acc = WerAccumulator()
     acc.update([ref], [hyp])
     return acc.errors
@@ -41,8 +41,6 @@ def word_errors(ref: str, hyp: str) -> int:
 def decode_nbest(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int) -> list[list[list[int]]]:
     """Token ids of up to ``beam`` hypotheses per utterance, best first (``enc_out (N, T, J)``,
     ``enc_lens (N,)``)."""
-    from edgeasr.decoding import modified_beam_search
-
     return [[h.tokens for h in nbest] for nbest in modified_beam_search(model, enc_out, enc_lens, beam=beam)]
 
 

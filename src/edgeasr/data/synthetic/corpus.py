@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+import soundfile as sf
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from . import tts
 from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory
@@ -106,13 +109,8 @@ def run_fresh(func, *args):
 
 def as_dict(cfg: Any) -> dict:
     """A plain dict from a dict or an OmegaConf node."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return {k: (as_dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
 
 
@@ -256,8 +254,6 @@ def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
 
 
 def _render_chunk(out_dir: str, specs: list[UtteranceSpec]) -> list[int]:
-    import soundfile as sf
-
     engine = tts.ESpeak.get()
     lengths = []
     for spec in specs:
@@ -353,8 +349,6 @@ def _run_jobs(jobs: list[_SplitJob], num_jobs: int, progress: bool) -> None:
 
 
 def _update_bar(job: _SplitJob) -> None:
-    from tqdm.auto import tqdm
-
     if job.bar is None:
         job.bar = tqdm(
             total=round(job.target_s),
@@ -385,6 +379,8 @@ def synthesize_corpus(
     use the spawn start method, so a calling script needs the usual ``if __name__ == "__main__":``
     guard.
     """
+    # Not at the top: spawn workers import this module, and lhotse (which imports torch) costs each
+    # of them 2.2 s of CPU (measured: python -c 'import edgeasr.data.synthetic; import lhotse').
     from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
     cfg = as_dict(cfg)

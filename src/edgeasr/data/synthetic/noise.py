@@ -12,6 +12,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
 from . import tts
@@ -21,7 +22,7 @@ NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "fan")
 
 
 def _recording(rec_id: str, path: Path, num_samples: int, sample_rate: int):
-    from lhotse import AudioSource, Recording
+    from lhotse import AudioSource, Recording  # not at the top: see make_rir_pool
 
     return Recording(
         id=rec_id,
@@ -70,7 +71,8 @@ def synthetic_rir(rng: np.random.Generator, sample_rate: int = 16000) -> np.ndar
 
 def make_rir_pool(n: int, seed: int, out_dir: Path, sample_rate: int = 16000):
     """`n` synthetic room impulse responses as 24-bit FLAC under out_dir; ids rir-0000, ..."""
-    import soundfile as sf
+    # lhotse not at the top: spawn synthesis workers import this package (edgeasr.data.synthetic),
+    # and lhotse (it imports torch) costs each worker 2.2 s of CPU (measured, see corpus.py).
     from lhotse import RecordingSet
 
     out_dir = Path(out_dir)
@@ -174,8 +176,7 @@ def make_noise_pool(
     """`n` background noises (FLAC under out_dir, ids noise-0000, ...), cycling through kinds
     white, pink, brown, hum (mains + harmonics), babble (3-7 overlapped eSpeak talkers) and fan
     (band-limited noise + blade tone); parameters vary per item. RMS-normalised to -26 dBFS."""
-    import soundfile as sf
-    from lhotse import RecordingSet
+    from lhotse import RecordingSet  # not at the top: see make_rir_pool
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ import re
 import threading
 from pathlib import Path
 
+import espeakng_loader
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 NATIVE_SAMPLE_RATE = 22050
 SAMPLE_RATE = 16000
@@ -62,8 +63,6 @@ _CALLBACK = ctypes.CFUNCTYPE(
 
 def data_path() -> Path:
     """Directory of the eSpeak NG data shipped by espeakng-loader."""
-    import espeakng_loader
-
     return Path(espeakng_loader.get_data_path())
 
 
@@ -84,8 +83,6 @@ class ESpeak:
     _create_lock = threading.Lock()
 
     def __init__(self) -> None:
-        import espeakng_loader
-
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self._lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -164,8 +161,6 @@ class ESpeak:
 @functools.lru_cache(maxsize=None)
 def _resample_filter() -> np.ndarray:
     # scipy's default resample_poly filter, designed once: the design costs as much as filtering.
-    from scipy.signal import firwin
-
     return firwin(2 * 10 * 441 + 1, 1.0 / 441, window=("kaiser", 5.0)).astype(np.float32)
 
 
