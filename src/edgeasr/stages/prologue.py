@@ -1,5 +1,5 @@
-"""The start every stage shares: its config section, where it reads and writes, the MLflow run
-that logs the params it reads (declared in :mod:`edgeasr.stages.params`), torch's thread count."""
+"""The start every stage shares: where it reads and writes, the MLflow run that logs the params it
+reads (declared in :mod:`edgeasr.stages.params`), torch's thread count."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ class Stage:
     """What a running stage needs from its prologue."""
 
     name: str
-    section: DictConfig  # cfg[name]
     data_dir: Path  # paths.data_dir: every stage's inputs
     out: Path  # <data_dir>/<name>, or <job>/data/<name> in a Hydra multirun job
     tracker: StageRun
@@ -60,4 +59,4 @@ def open_stage(name: str, cfg: DictConfig, *, job_dir: Path | None = None, threa
     with stage_run(name, cfg, params=logged_params(name, cfg), report_dir=report_dir) as tracker:
         if threads is not None:
             torch.set_num_threads(int(threads))
-        yield Stage(name, cfg[name], data_dir, out, tracker)
+        yield Stage(name, data_dir, out, tracker)
