@@ -194,9 +194,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     section = cfg[STAGE]
 
+    # threads: see conf, intra-op threads only slow the runtime down
     with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
         data_dir, results, tracker = stage.data_dir, stage.results, stage.tracker
-        torch.set_num_threads(int(section.num_threads))  # see conf: intra-op threads only slow the runtime down
         path = data_dir / "export" / "student.edgeasr"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; run the export stage first (`dvc repro export`)")

@@ -38,7 +38,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
-        torch.set_num_threads(int(section.num_threads))
         src = data_dir / str(section.source) / "model.pt"
         model, meta = load_model(src)
         tok = Tokenizer(data_dir / "prepare" / "tokenizer" / "bpe.model")
