@@ -9,7 +9,6 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.tracking._tracking_service import utils as tracking_service_utils
 
 
 def active_fluent_run(uri: str) -> Run | None:
@@ -37,7 +36,11 @@ class FluentUri:
         self.uri = uri
 
     def __enter__(self) -> FluentUri:
-        self._old_private = getattr(tracking_service_utils, "_tracking_uri", None)
+        # mlflow's private module, imported here: if a release moves it, only the fluent
+        # activation fails (stage_run warns and goes on), not every import of edgeasr.tracking
+        from mlflow.tracking._tracking_service import utils
+
+        self._old_private = getattr(utils, "_tracking_uri", None)
         self._old_env = os.environ.get("MLFLOW_TRACKING_URI")
         self._changed = mlflow.get_tracking_uri() != self.uri
         if self._changed:
