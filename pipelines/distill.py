@@ -3,11 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from edgeasr.stages.distill import run
+
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from edgeasr.stages.distill import run
-
     run(cfg)
 
 

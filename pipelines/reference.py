@@ -3,11 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from edgeasr.stages.reference import run
+
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from edgeasr.stages.reference import run
-
     run(cfg)
 
 

@@ -1,11 +1,16 @@
-"""params.yaml must be exactly what conf/ composes (what `dvc exp run` would write)."""
+"""params.yaml must be exactly what conf/ composes (what `dvc exp run` would write), and dvc.yaml's
+stages must match the code (names, the params each stage declares)."""
 
 from pathlib import Path
 
+import pytest
 import yaml
+from omegaconf import OmegaConf
 
+from conftest import compose
 from edgeasr import STAGES
 from edgeasr.config import compose_params
+from edgeasr.stages.params import STAGE_PARAMS, logged_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +40,24 @@ def test_each_dvc_stage_has_one_name_everywhere():
         assert stage in params, f"no config section {stage!r}"
         assert stage in spec["params"]
         assert list(spec["metrics"][0]) == [f"reports/{stage}.json"]
+
+
+def test_dvc_params_lists_are_the_declared_stage_params():
+    """Each stage's params are declared once (edgeasr.stages.params); dvc.yaml's lists must match."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert set(STAGE_PARAMS) == set(STAGES) == set(dvc["stages"])
+    for stage, spec in dvc["stages"].items():
+        assert tuple(spec["params"]) == STAGE_PARAMS[stage], f"dvc.yaml's params of {stage!r}"
+
+
+def test_logged_params_select_the_declared_keys():
+    cfg = compose(["experiment=tiny"])
+    teacher = logged_params("train_teacher", cfg)
+    assert set(teacher) == {"seed", "model", "trainer", "hw", "train_teacher"} and list(teacher["model"]) == ["teacher"]
+    assert teacher["model"]["teacher"]["encoder"]["d_model"] == 64
+    assert logged_params("reference", cfg)["data"] == {"text_normalization": "basic"}
+    assert set(logged_params("prepare", cfg)) == {"seed", "data", "prepare"}  # paths.data_dir is not logged
+    with pytest.raises(KeyError, match="'data.text_normalization'"):
+        logged_params("reference", OmegaConf.create({"seed": 1, "reference": {}}))
+    with pytest.raises(KeyError, match="declares no params"):
+        logged_params("nonesuch", cfg)

@@ -25,6 +25,7 @@ import pytest
 
 from edgeasr import tracking
 from edgeasr.tracking import stage_run, tracking_uri
+from edgeasr.tracking.processes import is_dvc_cmdline
 
 VENV_BIN = Path(sys.executable).parent
 _SCRUB = (
@@ -134,7 +135,7 @@ def test_repo_root_in_queued_experiment_workspace(tmp_path, monkeypatch):
     ],
 )
 def test_is_dvc_cmdline(cmdline, expected):
-    assert tracking._is_dvc_cmdline(cmdline) is expected
+    assert is_dvc_cmdline(cmdline) is expected
 
 
 def test_flatten_params_truncates_and_stringifies():

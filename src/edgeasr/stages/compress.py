@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
+from .prologue import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +58,18 @@ def ptq_baseline(student, bits: int, sparsity: float, scope: str, section: DictC
     return model.eval()
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    import torch
-
+def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
+    """``job_dir``: the Hydra multirun job's folder (a sweep), which then holds the outputs."""
     from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, quant_points
     from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
-    from edgeasr.config import sweep_job_dir
     from edgeasr.models.io import load_model, save_model
-    from edgeasr.tracking import stage_run
 
     section = cfg[STAGE]
-    data_dir = Path(cfg.paths.data_dir)
-    job = sweep_job_dir()  # a Hydra multirun job writes into its own folder, never into data/
-    out = (job / "data" if job else data_dir) / STAGE
-    results = out / "results"
-    results.mkdir(parents=True, exist_ok=True)
     bits, sparsity = int(section.bits), float(section.sparsity)
     pr = section.pruning
-    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "trainer", "hw", STAGE]), resolve=True)
 
-    with stage_run(STAGE, cfg, params=params, report_dir=job / "reports" if job else None) as tracker:
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+        data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / "distill" / "model.pt"
         student, meta = load_model(src)
         model_cfg = meta["model_cfg"]

@@ -32,6 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .common import default_lit, finish_stage, log_training, report_model, stage_datamodule, train_transducer
+from .prologue import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from edgeasr.data.datamodule import DistillDataModule
     from edgeasr.models.io import load_model, save_model
-    from edgeasr.tracking import stage_run
     from edgeasr.training.distill import DistillLitModule
 
     section = cfg[STAGE]
-    data_dir = Path(cfg.paths.data_dir)
-    out = data_dir / STAGE
-    results = out / "results"
-    results.mkdir(parents=True, exist_ok=True)
     progress = bool(cfg.trainer.get("progress", True))
-    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "model", "trainer", "hw", STAGE]), resolve=True)
-    params.get("model", {}).pop("teacher", None)
 
     if section.kd_nodes not in ("all", "occupancy"):  # checked before minutes of pseudo-labeling
         raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
@@ -143,10 +137,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return lambda m, d, sec: default_lit(m, d, sec, cls=DistillLitModule, kd_weight=kd_weight,
                                              kd_delay=int(sec.kd_delay))
 
-    with stage_run(STAGE, cfg, params=params) as tracker:
-        import torch
-
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+    with open_stage(STAGE, cfg, threads=cfg.trainer.num_threads) as stage:
+        data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         teacher_path = data_dir / "train_teacher" / "model.pt"
         teacher, _ = load_model(teacher_path)
         # Checkpoints of a student distilled from another teacher are never resumed.

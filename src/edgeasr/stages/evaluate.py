@@ -36,7 +36,9 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from .prologue import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +189,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.evaluation import evaluate_splits
     from edgeasr.export import read_container
     from edgeasr.export.student import load_student
-    from edgeasr.tracking import stage_run
 
     from .common import stage_datamodule
 
     section = cfg[STAGE]
-    data_dir = Path(cfg.paths.data_dir)
-    out = data_dir / STAGE
-    results = out / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "hw", STAGE]), resolve=True)
 
-    with stage_run(STAGE, cfg, params=params) as tracker:
-        torch.set_num_threads(int(section.num_threads))  # see conf: intra-op threads only slow the runtime down
+    # threads: see conf, intra-op threads only slow the runtime down
+    with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
+        data_dir, results, tracker = stage.data_dir, stage.results, stage.tracker
         path = data_dir / "export" / "student.edgeasr"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; run the export stage first (`dvc repro export`)")

@@ -13,7 +13,9 @@ import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from .prologue import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +31,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.export import read_container
     from edgeasr.export.student import export_student, load_student, tokens_to_text
     from edgeasr.models.io import load_model
-    from edgeasr.tracking import stage_run
 
     from .common import stage_datamodule
 
     section = cfg[STAGE]
-    data_dir = Path(cfg.paths.data_dir)
-    out = data_dir / STAGE
-    results = out / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "hw", STAGE]), resolve=True)
 
-    with stage_run(STAGE, cfg, params=params) as tracker:
-        torch.set_num_threads(int(section.num_threads))
+    with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
+        data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / str(section.source) / "model.pt"
         model, meta = load_model(src)
         tok = Tokenizer(data_dir / "prepare" / "tokenizer" / "bpe.model")

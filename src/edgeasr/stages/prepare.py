@@ -14,7 +14,6 @@ and ``reports/prepare.json`` with corpus statistics (same keys on the MLflow run
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from lhotse import CutSet, LilcomChunkyWriter, SupervisionSet
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from edgeasr.data import ALL_SPLITS, EVAL_SPLITS
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
@@ -33,10 +32,6 @@ from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
 log = logging.getLogger(__name__)
 
 STAGE = "prepare"
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.data_dir) / STAGE
 
 
 def load_raw(cfg: DictConfig, out: Path, flog: FilterLog):
@@ -115,18 +110,18 @@ def _executor(num_jobs: int):
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from edgeasr.tracking import stage_run
+    # Imported here: the spawned feature workers import this module (for _worker_init), and the
+    # prologue's mlflow import would cost each of them seconds.
+    from .prologue import open_stage
 
     p = cfg.prepare
-    out = output_dir(cfg)
-    if out.exists():
-        shutil.rmtree(out)  # idempotent: a rerun never mixes old and new files
-    (out / "manifests").mkdir(parents=True)
-    (out / "feats").mkdir()
-    params = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["seed", "data", "prepare"]), resolve=True)
     timings: dict[str, float] = {}
     flog = FilterLog()
-    with stage_run(STAGE, cfg, params=params) as tracker:
+    # fresh: idempotent, a rerun never mixes old and new files
+    with open_stage(STAGE, cfg, fresh="out", results=False) as stage:
+        out, tracker = stage.out, stage.tracker
+        (out / "manifests").mkdir()
+        (out / "feats").mkdir()
         t0 = time.perf_counter()
         raw, decode_check = load_raw(cfg, out, flog)
         timings["time_s/corpus"] = time.perf_counter() - t0

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from .prologue import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from edgeasr.data.cleaning import normalize_transcript
     from edgeasr.metrics import WerAccumulator
-    from edgeasr.tracking import stage_run
 
     section = cfg[STAGE]
-    data_dir = Path(cfg.paths.data_dir)
-    out = data_dir / STAGE
-    results = out / "results"
-    if results.exists():
-        shutil.rmtree(results)  # a rerun (or a skip) never leaves another run's files behind
-    results.mkdir(parents=True)
     text_norm = str(cfg.data.get("text_normalization", "basic"))
-    params = {"seed": cfg.seed, "data": {"text_normalization": text_norm},
-              STAGE: OmegaConf.to_container(section, resolve=True)}
 
-    with stage_run(STAGE, cfg, params=params) as tracker:
+    # fresh results: a rerun (or a skip) never leaves another run's files behind
+    with open_stage(STAGE, cfg, fresh="results") as stage:
+        data_dir, results, tracker = stage.data_dir, stage.results, stage.tracker
         from edgeasr import reference as refmod
 
         def load():

@@ -1,0 +1,54 @@
+"""MLflow tracking for pipeline stages: one parent run per pipeline invocation, one child per stage.
+
+Every stage script (``pipelines/<stage>.py``) is its own process, started by ``dvc repro`` /
+``dvc exp run`` or by hand. :func:`stage_run` opens the MLflow child run for the stage and
+nests it under the run of the *pipeline invocation* it belongs to:
+
+* ``EDGEASR_PARENT_RUN_ID`` set: that run is the parent (its owner manages its status).
+* else an MLflow run already active in this process (e.g. a Hydra multirun job wrapped in
+  ``mlflow.start_run()``) in the same tracking store: that run is the parent.
+* else the invocation is the nearest ancestor process whose command line is a ``dvc`` command
+  (``dvc repro``, ``dvc exp run``, ``python -m dvc ...``); with none, it is this process (a stage
+  run by hand gets its own fresh parent). The parent is the run tagged
+  ``edgeasr.invocation=<key>`` in the experiment, created on first use under a file lock.
+
+On exit the child is FINISHED (FAILED/KILLED if an exception propagates, which is re-raised),
+and every ``reports/*.json`` in the repo (cached stages make no child run but keep their report)
+is rolled up onto the parent as ``<stage>/<key>`` metrics, with ``params.yaml`` and ``dvc.lock``
+as parent artifacts.
+
+``MLFLOW_RUN_ID`` is deliberately not used to pass the parent: ``mlflow.start_run`` *reopens*
+that run instead of nesting under it.
+
+The modules, one job each: ``locations`` (workspace, store URI), ``processes`` (the invocation
+from the process tree), ``parent`` (the parent run, file lock), ``lifecycle`` (:func:`stage_run`),
+``run`` (:class:`StageRun`), ``rollup`` (reports onto the parent), ``values`` (params and metrics
+checked against MLflow's limits, the report file), ``tags``, ``fluent`` (mlflow's fluent API).
+"""
+
+from .lifecycle import stage_run
+from .locations import repo_root, store_root, tracking_uri
+from .parent import current_parent_run_id
+from .processes import INVOCATION_ENV, invocation
+from .run import StageRun
+from .tags import DEFAULT_EXPERIMENT, PARENT_ENV, PARENT_RUN_TAG, TAG_INVOCATION, TAG_KIND, TAG_STAGE
+from .values import flatten_params, write_report
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "INVOCATION_ENV",
+    "PARENT_ENV",
+    "PARENT_RUN_TAG",
+    "TAG_INVOCATION",
+    "TAG_KIND",
+    "TAG_STAGE",
+    "StageRun",
+    "current_parent_run_id",
+    "flatten_params",
+    "invocation",
+    "repo_root",
+    "stage_run",
+    "store_root",
+    "tracking_uri",
+    "write_report",
+]

@@ -1,0 +1,129 @@
+"""The life of a stage's child run: opened under the parent, active for mlflow's fluent API while
+the stage runs, closed with the stage's outcome, then the reports rolled up onto the parent."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig
+
+from .fluent import FluentUri
+from .locations import repo_root, tracking_uri
+from .parent import Parent, open_parent
+from .rollup import rollup
+from .run import StageRun
+from .tags import DEFAULT_EXPERIMENT, PARENT_RUN_TAG, TAG_INVOCATION, TAG_KIND, TAG_STAGE, default_tags, git_tags
+from .values import cfg_get
+
+log = logging.getLogger(__name__)
+
+
+def _child_tags(stage: str, parent: Parent, git: dict[str, str]) -> dict[str, str]:
+    tags = {
+        TAG_KIND: "stage",
+        TAG_STAGE: stage,
+        PARENT_RUN_TAG: parent.run_id,
+        "mlflow.source.name": f"pipelines/{stage}.py",
+        **git,
+    }
+    if parent.invocation_key:
+        tags[TAG_INVOCATION] = parent.invocation_key
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags["dvc.exp_name"] = exp_name
+    dvc_stage = os.environ.get("DVC_STAGE")
+    if dvc_stage:
+        tags["dvc.stage"] = dvc_stage
+    return tags
+
+
+def _activate(stack: contextlib.ExitStack, run: StageRun) -> bool:
+    """Make ``run`` the active fluent run; False (with a warning) where mlflow refuses."""
+    try:
+        stack.enter_context(FluentUri(run.tracking_uri))
+        mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None)
+        return True
+    except Exception as err:  # e.g. mlflow.set_experiment() set to another experiment
+        log.warning("could not activate the stage run for mlflow's fluent API: %s", err)
+        return False
+
+
+def _exit_status(exc: BaseException | None) -> str:
+    """The run status for a stage that ended with ``exc`` (None: returned normally)."""
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED"
+    if isinstance(exc, SystemExit):  # sys.exit(0) inside a stage is a success
+        return "FINISHED" if exc.code in (None, 0) else "FAILED"
+    return "FAILED"
+
+
+def _close(run: StageRun, parent: Parent, status: str, activated: bool, roll_up: bool) -> None:
+    """Terminate the child (through the fluent API if it is the active run), roll the reports up,
+    and terminate the parent if this stage owns it. Failures here only warn."""
+    try:
+        top = mlflow.active_run() if activated else None
+        if top is not None and top.info.run_id == run.run_id:
+            mlflow.end_run(status)
+        else:
+            parent.client.set_terminated(run.run_id, status)
+    except Exception as err:
+        log.warning("could not terminate stage run %s: %s", run.run_id, err)
+    try:
+        if roll_up:
+            rollup(parent.client, parent.run_id, run.root)
+        if parent.owned:
+            parent.client.set_terminated(parent.run_id, status)
+    except Exception as err:
+        log.warning("could not roll up onto parent run %s: %s", parent.run_id, err)
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    cfg: DictConfig | Mapping | None,
+    params: Mapping | None = None,
+    report_dir: str | os.PathLike | None = None,
+) -> Iterator[StageRun]:
+    """Open the MLflow child run for ``stage`` under the pipeline's parent run.
+
+    ``report_dir``: where ``<stage>.json`` goes instead of ``reports/`` (a Hydra multirun job
+    writes into its own folder; the repository's reports are then not rolled up).
+
+    ``params``: the config sections the stage reads (flattened with '.'-joined keys); None logs
+    the whole ``cfg``. The experiment is ``cfg.tracking.experiment`` (default ``edgeasr``).
+    The child run is also the active fluent run inside the block, so ``mlflow.log_*`` and
+    ``mlflow.<flavor>.log_model`` land on it.
+    """
+    if not stage or not re.fullmatch(r"[\w.@:-]+", stage):
+        raise ValueError(f"invalid stage name {stage!r}")
+    uri = tracking_uri()
+    root = repo_root()
+    experiment = str(cfg_get(cfg, "tracking", "experiment") or DEFAULT_EXPERIMENT)
+    git = git_tags(root)
+    parent = open_parent(uri, experiment, stage, git)
+    child = parent.client.create_run(parent.experiment_id, tags=default_tags(_child_tags(stage, parent, git)),
+                                     run_name=stage)
+    run = StageRun(parent.client, child.info.run_id, parent.run_id, stage, uri=uri,
+                   experiment_id=parent.experiment_id, invocation_key=parent.invocation_key, root=root,
+                   report_dir=Path(report_dir) if report_dir is not None else None)
+
+    with contextlib.ExitStack() as stack:
+        activated = _activate(stack, run)
+        exc: BaseException | None = None
+        try:
+            run.log_params(params if params is not None else (cfg or {}))
+            yield run
+        except BaseException as err:
+            exc = err
+            raise
+        finally:
+            _close(run, parent, _exit_status(exc), activated, roll_up=report_dir is None)
