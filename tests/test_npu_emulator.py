@@ -40,10 +40,11 @@ def student(tmp_path_factory):
     """A tiny student, 50 % pruned per layer, int8, activation scales calibrated; exported with the
     NPU-decodable encodings (dense / bitmap, cost.py's formats) and loaded back as the runtime."""
     from edgeasr.export import read_container
-    from edgeasr.export.student import export_student, load_student
+    from edgeasr.export.student import export_student
+    from edgeasr.runtime import load_student
 
     model, gen = quantized_tiny_student()
-    meta = {"model_cfg": CFG, "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model)}}
+    meta = {"model_cfg": CFG, "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model).to_dict()}}
     path = tmp_path_factory.mktemp("npu") / "student.edgeasr"
     with float_view(model) as plain:
         export_student(plain, meta, [f"t{i}" for i in range(48)], path, encoding=("dense", "bitmap"))

@@ -2,11 +2,11 @@
 regularizer, gradual magnitude pruning, and Lightning callbacks that drive them in any stage."""
 
 from .actquant import (activation_spec, attach_activation_quant, calibrate, detach_activation_quant, float_view,
-                       is_quantized, quant_points)
+                       is_quantized, quant_points, restore_fake_quant)
 from .prune import cubic_sparsity, global_masks, layer_mask
-from .quant import acos_penalty, fake_quant, grid_distance, quantize
+from .quant import acos_penalty, fake_quant, grid_distance
 from .wrap import Compression, weight_targets
 
 __all__ = ["Compression", "activation_spec", "attach_activation_quant", "calibrate", "detach_activation_quant",
-           "float_view", "is_quantized", "quant_points", "acos_penalty", "cubic_sparsity", "fake_quant", "global_masks", "grid_distance",
-           "layer_mask", "quantize", "weight_targets"]
+           "float_view", "is_quantized", "quant_points", "restore_fake_quant", "acos_penalty", "cubic_sparsity", "fake_quant", "global_masks", "grid_distance",
+           "layer_mask", "weight_targets"]

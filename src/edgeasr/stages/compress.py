@@ -7,7 +7,7 @@ gradual magnitude pruning of the distilled student (``data/distill/model.pt``).
   schedule over ``pruning.start_step .. end_step``; then fine-tuning at the final masks.
 
 Outputs: ``data/compress/model.pt`` (pruned entries exactly 0, the rest on the ``bits`` grid; its
-meta records ``compression``), ``data/compress/results/`` (recogs/errs, per-layer sparsity table,
+meta records the :class:`~edgeasr.quantspec.CompressionSpec` as ``compression``), ``data/compress/results/`` (recogs/errs, per-layer sparsity table,
 schedule plot), ``reports/compress.json``.
 """
 
@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
     from edgeasr.config import sweep_job_dir
     from edgeasr.models.io import load_model, save_model
+    from edgeasr.quantspec import CompressionSpec
     from edgeasr.tracking import stage_run
 
     section = cfg[STAGE]
@@ -111,14 +112,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         table = comp.layer_table()
         grid = regularizer.mean_grid_distance()
         comp.materialize()
-        compression = {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}
-        if is_quantized(model):
-            for _, q in quant_points(model):
-                q.frozen = True
-            compression["activation_quant"] = activation_spec(model)
+        for _, q in quant_points(model):
+            q.frozen = True
+        spec = CompressionSpec(bits, sparsity, str(pr.scope), activation_spec(model) if is_quantized(model) else None)
         with float_view(model) as plain:
             save_model(out / "model.pt", plain, model_cfg,
-                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": compression})
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
 
         # WER of the fake-quantized model (what the integer runtime computes); cost of its weights
         qat_metrics, cost = report_model(cfg, model, dm, section, results, bits=bits)
