@@ -355,7 +355,8 @@ def point_names(model: nn.Module) -> list[str]:
 
 def activation_spec(model: nn.Module) -> ActivationSpec:
     """The spec's view of ``model``'s points: per point its bits, power-of-two flag, ``amax`` and effective scale."""
-    return ActivationSpec({n: ActivationPoint(q.bits, q.pow2, float(q.amax), q.scale()) for n, q in quant_points(model)})
+    return ActivationSpec({n: ActivationPoint(q.bits, q.pow2, float(q.amax), q.scale())
+                           for n, q in quant_points(model)})
 
 
 def restore_fake_quant(model: nn.Module, spec: CompressionSpec) -> nn.Module:
@@ -371,7 +372,8 @@ def restore_fake_quant(model: nn.Module, spec: CompressionSpec) -> nn.Module:
     have, want = activation_spec(model).layout(), act.layout()
     if have != want:
         diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
-        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant builds at {diff}")
+        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant "
+                         f"builds at {diff}")
     return model
 
 

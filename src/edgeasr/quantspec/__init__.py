@@ -139,9 +139,10 @@ class CompressionSpec:
     activations: ActivationSpec | None = None
 
     def __post_init__(self):
-        check_weight_bits(self.bits)
+        object.__setattr__(self, "bits", check_weight_bits(self.bits))
+        object.__setattr__(self, "sparsity", float(self.sparsity))
         if not 0.0 <= self.sparsity < 1.0:
-            raise SpecError(f"target sparsity must be in [0, 1), got {self.sparsity}")
+            raise ValueError(f"target sparsity must be in [0, 1), got {self.sparsity}")
 
     @property
     def act_bits(self) -> int:
@@ -177,14 +178,10 @@ class CompressionSpec:
         missing = [k for k in ("bits", "sparsity") if k not in d]
         if missing:
             raise SpecError(f"{where}: the compression spec lacks {missing}")
+        act = d.get("activation_quant")
+        activations = None if act is None else ActivationSpec.from_dict(act, where)
         try:
-            bits = check_weight_bits(d["bits"])
-            sparsity = float(d["sparsity"])
-            act = d.get("activation_quant")
-            return cls(bits, sparsity, None if d.get("scope") is None else str(d["scope"]),
-                       None if act is None else ActivationSpec.from_dict(act, where))
-        except SpecError:
-            raise
+            return cls(d["bits"], float(d["sparsity"]), None if d.get("scope") is None else str(d["scope"]), activations)
         except (TypeError, ValueError) as e:
             raise SpecError(f"{where}: malformed compression spec ({e})") from None
 

@@ -114,7 +114,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         comp.materialize()
         for _, q in quant_points(model):
             q.frozen = True
-        spec = CompressionSpec(bits, sparsity, str(pr.scope), activation_spec(model) if is_quantized(model) else None)
+        target = 1.0 - pr.n_m[0] / pr.n_m[1] if pr.n_m else sparsity  # N:M fixes the sparsity
+        spec = CompressionSpec(bits, target, str(pr.scope), activation_spec(model) if is_quantized(model) else None)
         with float_view(model) as plain:
             save_model(out / "model.pt", plain, model_cfg,
                        meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
