@@ -67,7 +67,7 @@ def check_levels(levels, bits: int) -> np.ndarray:
     bits = check_bits(bits)
     a = np.asarray(levels)
     if a.dtype.kind not in "iu":
-        raise ValueError(f"qweight levels must be integers (use edgeasr.compression.quantize), got dtype {a.dtype}")
+        raise ValueError(f"qweight levels must be integers (use edgeasr.quantspec.levels.weight_levels), got dtype {a.dtype}")
     flat = a.reshape(-1).astype(np.int32)
     if flat.size:
         lo, hi = int(flat.min()), int(flat.max())

@@ -27,7 +27,7 @@ def export_student(model, meta: Mapping[str, Any], tokens: Sequence[str], path: 
     Returns the file size in bytes."""
     from .torch_records import records_from_model  # torch: the container reader never imports it
 
-    spec = read_spec(meta, "the exported model", need="export")
+    spec = read_spec(meta, f"the model exported to {path}", need="export")
     header = {"format": FORMAT_NAME, "model_cfg": dict(meta["model_cfg"]), **spec.header_fields(),
               "tokens": list(tokens), "runtime": "docs/integer_runtime.md", **(extra or {})}
     return write_container(path, header, records_from_model(model, spec.bits, encoding))

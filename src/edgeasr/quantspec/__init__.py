@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -131,12 +131,14 @@ class CompressionSpec:
     ``scope`` (``"layer"`` / ``"global"``) is how compress chose the masks; the export header does
     not carry it (``None`` there), the masks being the zeros of the stored levels.
     ``activations`` is ``None`` for weights-only compression (the integer runtime then refuses).
+    ``source`` names the file it was read from, for messages; it is not part of the contract.
     """
 
     bits: int
     sparsity: float
     scope: str | None = None
     activations: ActivationSpec | None = None
+    source: str = field(default="", compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "bits", check_weight_bits(self.bits))
@@ -155,7 +157,8 @@ class CompressionSpec:
 
     def require_activations(self, who: str) -> ActivationSpec:
         if self.activations is None:
-            raise SpecError(f"{who} needs quantized activations, but this model was compressed weights-only "
+            where = f"{self.source}: " if self.source else ""
+            raise SpecError(f"{where}{who} needs quantized activations, but this model was compressed weights-only "
                             "(run the compress stage with compress.activations.enabled=true)")
         return self.activations
 
@@ -181,7 +184,8 @@ class CompressionSpec:
         act = d.get("activation_quant")
         activations = None if act is None else ActivationSpec.from_dict(act, where)
         try:
-            return cls(d["bits"], float(d["sparsity"]), None if d.get("scope") is None else str(d["scope"]), activations)
+            return cls(d["bits"], float(d["sparsity"]), None if d.get("scope") is None else str(d["scope"]), activations,
+                       source=where)
         except (TypeError, ValueError) as e:
             raise SpecError(f"{where}: malformed compression spec ({e})") from None
 
@@ -220,5 +224,4 @@ def read_spec(doc: Mapping[str, Any], where: str, need: str | None = None) -> Co
 
 __all__ = ["GATE_SCALE", "INT16", "MAX_WEIGHT_BITS", "MIN_WEIGHT_BITS", "ROUNDING", "SKIP", "TANH_OUT_SCALE",
            "UNIT_SCALE", "ActivationPoint", "ActivationSpec", "CompressionSpec", "SpecError", "check_sparsity",
-           "check_weight_bits",
-           "is_compressed", "qmax", "read_spec"]
+           "check_weight_bits", "is_compressed", "qmax", "read_spec"]
