@@ -22,7 +22,7 @@ from edgeasr.export import ENCODINGS, choose_encoding, decode_levels, encode_lev
 
 
 def quantized(w: np.ndarray, bits: int, sparsity: float) -> np.ndarray:
-    """Magnitude-prune then quantize like edgeasr.compression.quantize (per row, symmetric)."""
+    """Magnitude-prune then quantize like edgeasr.quantspec.levels.weight_levels (per row, symmetric)."""
     x = w.copy()
     if sparsity:
         x[np.abs(x) < np.quantile(np.abs(x), sparsity)] = 0

@@ -33,20 +33,23 @@ def _row(name, mode, size, times, audio, texts, refs, same=None):
 
 
 def _calibrated_runtime(model, model_path, cuts, tokenizer_dir, n_batches: int = 8, batch: int = 8):
-    """An IntTransducer from the (compressed, weights-on-grid) ``model``: activation scales from
-    ``n_batches`` x ``batch`` cuts of ``cuts``, the compress stage's calibration procedure."""
+    """An IntTransducer from the (compressed, weights-on-grid) ``model``: its compression spec with
+    activation scales from ``n_batches`` x ``batch`` cuts of ``cuts``, the compress stage's
+    calibration procedure."""
     import copy
+    import dataclasses
 
     import torch
 
-    from edgeasr.compression import activation_spec, attach_activation_quant, calibrate
+    from edgeasr.compression import activation_spec, attach_activation_quant, calibrate, float_view
     from edgeasr.data.tokenizer import Tokenizer
     from edgeasr.deploy.sherpa import fbank, utterances_from_cuts
-    from edgeasr.emulator.intruntime import IntTransducer
     from edgeasr.models.io import load_model
+    from edgeasr.quantspec import read_spec
+    from edgeasr.runtime import IntTransducer
 
     meta = load_model(model_path)[1]
-    bits = int((meta.get("compression") or {}).get("bits", 8))
+    spec = read_spec(meta, str(model_path), need="the integer runtime (--calibrate-cuts)")
     tok = Tokenizer(Path(tokenizer_dir) / "bpe.model")
     us = utterances_from_cuts(cuts, limit=n_batches * batch)
     batches = []
@@ -59,9 +62,11 @@ def _calibrated_runtime(model, model_path, cuts, tokenizer_dir, n_batches: int =
     attach_activation_quant(m)
     calibrate(m, batches)
     m.eval()
-    print(f"integer runtime built from {model_path} ({bits}-bit weights), activations calibrated on "
+    print(f"integer runtime built from {model_path} ({spec.bits}-bit weights), activations calibrated on "
           f"{len(us)} cuts of {cuts}", file=sys.stderr)
-    return IntTransducer.from_model(m, activation_spec(m), bits, meta["model_cfg"])
+    calibrated = dataclasses.replace(spec, activations=activation_spec(m))
+    with float_view(m) as plain:
+        return IntTransducer.from_model(plain, calibrated, meta["model_cfg"])
 
 
 def main(argv=None) -> int:
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     path = Path(a.edgeasr)
     rt = None
     if path.is_file():
-        from edgeasr.export.student import load_student
+        from edgeasr.runtime import load_student
 
         rt, int_name, int_size = load_student(path), "edgeasr int runtime", path.stat().st_size
         if rt.header.get("source"):
@@ -145,7 +150,7 @@ def main(argv=None) -> int:
         print(f"skipping the integer runtime: {path} not found (run the export stage, pass --edgeasr, or "
               "--calibrate-cuts to build it from --model)", file=sys.stderr)
     if rt is not None:
-        from edgeasr.export.student import tokens_to_text
+        from edgeasr.runtime import tokens_to_text
 
         tokens = getattr(rt, "tokens", table)
 

@@ -89,7 +89,7 @@ def assets(tmp_path_factory):
     calibrate(comp_model, [batch])
     comp_model.eval()
     spec = activation_spec(comp_model)
-    compression = {"bits": 8, "sparsity": 0.5, "activation_quant": spec}
+    compression = {"bits": 8, "sparsity": 0.5, "activation_quant": spec.to_dict()}
     with float_view(comp_model) as plain:
         save_model(models / "compress" / "model.pt", plain, cfg, meta={"stage": "compress", "compression": compression})
         tokens = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]

@@ -8,9 +8,10 @@ import pytorch_lightning as pl
 import torch
 
 from edgeasr.compression import (Compression, acos_penalty, cubic_sparsity, fake_quant, global_masks, grid_distance,
-                                 layer_mask, quantize)
+                                 layer_mask)
 from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
 from edgeasr.models import build_transducer
+from edgeasr.quantspec.levels import weight_levels
 
 CFG = dict(vocab_size=24, joiner_dim=16, ctc_weight=0.3,
            encoder=dict(type="lstm", input_dim=20, hidden=16, num_layers=2, subsampling_channels=4, frame_stack=2),
@@ -49,7 +50,7 @@ def test_fake_quant_is_on_a_per_channel_grid_with_identity_gradient(bits):
     torch.manual_seed(0)
     w = (torch.randn(6, 10) * torch.linspace(0.1, 2, 6)[:, None]).requires_grad_(True)
     wq = fake_quant(w, bits)
-    q, scale = quantize(w.detach(), bits)
+    q, scale = weight_levels(w.detach(), bits)
     assert torch.allclose(wq, q * scale[:, None], atol=1e-6)
     assert q.abs().max() == 2 ** (bits - 1) - 1 and len(q.unique()) <= 2 ** bits - 1
     assert float(grid_distance(wq, bits)) < 1e-4 and float(grid_distance(w, bits)) > 0.1

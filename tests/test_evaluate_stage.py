@@ -40,7 +40,7 @@ def export_root(tiny_prepared, tmp_path, monkeypatch):
     calibrate(model, [{"features": torch.randn(2, 300, 80, generator=gen) * 3 + 10,
                        "feature_lens": torch.tensor([300, 280]), "tokens": [[1, 2, 3], [4, 5]]} for _ in range(2)])
     meta = {"model_cfg": model_cfg,
-            "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model.eval())}}
+            "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model.eval()).to_dict()}}
     tokens = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
     with float_view(model) as plain:
         export_student(plain, meta, tokens, tmp_path / "data/export/student.edgeasr", encoding=("dense", "bitmap"))

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_export_writes_a_validated_file_the_integer_runtime_decodes(student_root):
     from edgeasr.export import ExportFormatError, read_container, write_container
-    from edgeasr.export.student import load_student
+    from edgeasr.runtime import load_student
     from edgeasr.stages.compress import run as compress
     from edgeasr.stages.export import run as export
 

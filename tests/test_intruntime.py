@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import TINY_STUDENT_CFG, quantized_tiny_student, random_batch
-from edgeasr.compression import activation_spec, attach_activation_quant, quant_points
-from edgeasr.emulator.intruntime import IntLayerNorm, IntTransducer, isqrt, multiplier, requant
+from edgeasr.compression import activation_spec, attach_activation_quant, float_view, quant_points
+from edgeasr.quantspec import CompressionSpec
+from edgeasr.runtime import IntTransducer
+from edgeasr.runtime.ops import IntLayerNorm, isqrt, multiplier, requant
 
 CFG = TINY_STUDENT_CFG
 
@@ -19,7 +21,9 @@ def quantized():
     """A tiny student, 50 % pruned, int8 weights, activation scales calibrated; plus its runtime."""
     model, gen = quantized_tiny_student()
     spec = activation_spec(model)
-    return model, spec, IntTransducer.from_model(model, spec, 8, CFG), random_batch(gen, 3, 240)
+    with float_view(model) as plain:
+        rt = IntTransducer.from_model(plain, CompressionSpec(8, 0.5, "layer", spec), CFG)
+    return model, spec, rt, random_batch(gen, 3, 240)
 
 
 def test_requantization_rounds_half_up_except_within_multiplier_precision():
@@ -91,11 +95,11 @@ def test_runtime_matches_the_fake_quantized_model(quantized):
         logits = model.joiner.forward_frame(enc[:, 3], pred).double()
     ienc, ilens = rt.encode(batch["features"], batch["feature_lens"])
     assert torch.equal(lens, ilens)
-    levels = torch.floor(enc / spec["points"]["encoder.out"]["scale"] + 0.5).long()
+    levels = torch.floor(enc / spec.points["encoder.out"].scale + 0.5).long()
     diff = torch.cat([(levels[i, :n] - ienc[i, :n]).abs().flatten() for i, n in enumerate(lens.tolist())])
     assert int(diff.max()) <= 2 and float(diff.float().mean()) < 0.5
     ipred, _ = rt.predictor.init_decoder(3)
-    assert torch.equal(torch.floor(pred / spec["points"]["predictor.out"]["scale"] + 0.5).long(), ipred)
+    assert torch.equal(torch.floor(pred / spec.points["predictor.out"].scale + 0.5).long(), ipred)
     ilogits = rt.joiner.forward_frame(ienc[:, 3], ipred)
     assert float((ilogits - logits).abs().max()) <= 0.05 * float(logits.max() - logits.min())
 
@@ -122,7 +126,7 @@ def test_runtime_decodes_with_the_shared_greedy_and_beam_search(quantized):
 
 
 def test_activation_scales_round_trip_through_the_spec(quantized):
-    from edgeasr.compression import detach_activation_quant, float_view
+    from edgeasr.compression import detach_activation_quant
     from edgeasr.models import build_transducer
 
     model, spec, _, batch = quantized
@@ -130,12 +134,12 @@ def test_activation_scales_round_trip_through_the_spec(quantized):
         state = {k: v.clone() for k, v in plain.state_dict().items()}
     again = build_transducer(CFG)
     again.load_state_dict(state)
-    attach_activation_quant(again, scales=spec["amax"], frozen=True)
-    assert {n: float(q.amax) for n, q in quant_points(again)} == spec["amax"]
+    attach_activation_quant(again, scales=spec.amax, frozen=True)
+    assert {n: float(q.amax) for n, q in quant_points(again)} == spec.amax
     with torch.no_grad():
         a = model.encode(batch["features"], batch["feature_lens"])[0]
         b = again.eval().encode(batch["features"], batch["feature_lens"])[0]
     assert torch.equal(a, b)
-    assert detach_activation_quant(again)["amax"] == spec["amax"]
+    assert detach_activation_quant(again) == spec
     with pytest.raises(ValueError, match="missing"):
         attach_activation_quant(again, scales={"encoder.in": 1.0})

@@ -41,10 +41,11 @@ def student(tmp_path_factory):
     """A tiny student, 50 % pruned per layer, int8, activation scales calibrated; exported with the
     NPU-decodable encodings (dense / bitmap, cost.py's formats) and loaded back as the runtime."""
     from edgeasr.export import read_container
-    from edgeasr.export.student import export_student, load_student
+    from edgeasr.export.student import export_student
+    from edgeasr.runtime import load_student
 
     model, gen = quantized_tiny_student()
-    meta = {"model_cfg": CFG, "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model)}}
+    meta = {"model_cfg": CFG, "compression": {"bits": 8, "sparsity": 0.5, "activation_quant": activation_spec(model).to_dict()}}
     path = tmp_path_factory.mktemp("npu") / "student.edgeasr"
     with float_view(model) as plain:
         export_student(plain, meta, [f"t{i}" for i in range(48)], path, encoding=("dense", "bitmap"))
@@ -290,3 +291,20 @@ def test_a_chunk_too_short_for_an_encoder_frame_costs_only_what_ran(student):
     assert idle and all(not any(k.startswith("encoder.") for k in ch.counts) for ch in idle)
     res = npu.emulate(trace, spec, hw("edge_npu"), "sparse_int8")
     assert len(res.chunk_s) == len(trace.chunks) and sum(res.chunk_s) >= res.latency_s * (1 - 1e-12)
+
+
+def test_a_header_without_its_compression_spec_is_refused_not_defaulted(student, tmp_path):
+    """No silent 8 bits: the emulator and the loader read the header's spec or say what is missing,
+    and the loader checks the spec's target sparsity against the stored levels."""
+    from edgeasr.export import ExportFormatError, write_container
+    from edgeasr.quantspec import SpecError
+    from edgeasr.runtime import load_student
+
+    c = student["container"]
+    bare = dataclasses.replace(c, header={k: v for k, v in c.header.items() if k not in ("bits", "activation_quant")})
+    with pytest.raises(SpecError, match="the NPU emulator needs a compressed model"):
+        npu.ModelSpec.from_container(bare)
+    overclaimed = tmp_path / "overclaimed.edgeasr"
+    write_container(overclaimed, {**c.header, "sparsity": 0.9}, c.tensors)
+    with pytest.raises(ExportFormatError, match=r"overclaimed.edgeasr: the weights are 0\.\d+ sparse.*target is 0.9"):
+        load_student(overclaimed)

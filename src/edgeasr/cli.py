@@ -161,15 +161,16 @@ class Recognizer:
         """Raise CliError if this model cannot stream; tell how a fake-quantized model.pt streams."""
         if self.kind == "exported":
             return
-        from edgeasr.compression.actquant import is_quantized
+        from edgeasr.compression.actquant import float_view, is_quantized
 
         if is_quantized(self.model):
             if self._stream_rt is None:
-                from edgeasr.emulator.intruntime import IntTransducer
+                from edgeasr.quantspec import read_spec
+                from edgeasr.runtime import IntTransducer
 
-                comp = self.meta["compression"]
-                self._stream_rt = IntTransducer.from_model(self.model, comp["activation_quant"], int(comp["bits"]),
-                                                           self.meta["model_cfg"])
+                spec = read_spec(self.meta, str(self.path), need="streaming through the integer runtime")
+                with float_view(self.model) as plain:
+                    self._stream_rt = IntTransducer.from_model(plain, spec, self.meta["model_cfg"])
                 if note is not None:
                     note("intruntime", f"{self.path}: the fake-quantized model has no streaming path in PyTorch; "
                                        "streaming it through the integer runtime (same integers up to rounding ties)")
@@ -260,7 +261,7 @@ def load_recognizer(model_path: str | Path, tokenizer: str | Path | None = None,
 
 def _load_exported(path: Path, tokenizer, note: _Notes) -> Recognizer:
     from edgeasr.export import ExportFormatError
-    from edgeasr.export.student import load_student, tokens_to_text
+    from edgeasr.runtime import load_student, tokens_to_text
 
     try:
         rt = load_student(path)
@@ -286,18 +287,15 @@ def _load_torch(path: Path, tokenizer) -> Recognizer:
         raise CliError(str(e)) from e
     except Exception as e:
         raise CliError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from e
-    act = (meta.get("compression") or {}).get("activation_quant")
-    if act:
-        from edgeasr.compression import attach_activation_quant
+    from edgeasr.compression import restore_fake_quant
+    from edgeasr.quantspec import read_spec
 
-        pts = act.get("points", {})
-        try:
-            attach_activation_quant(model, bits=int(pts.get("encoder.in", {}).get("bits", 8)),
-                                    residual_bits=int(pts.get("encoder.res0", {}).get("bits", 16)),
-                                    scales=act["amax"], frozen=True)
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CliError(f"{path}: cannot restore its activation quantization ({type(e).__name__}: {e})") from e
-        model.eval()
+    try:
+        spec = read_spec(meta, str(path))  # None: an fp32 model
+        if spec is not None:
+            restore_fake_quant(model, spec).eval()
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CliError(f"{path}: cannot restore its activation quantization ({type(e).__name__}: {e})") from e
     tok_path = Path(tokenizer if tokenizer is not None else DEFAULT_TOKENIZER)
     try:
         tok = Tokenizer(tok_path)

@@ -1,5 +1,5 @@
 """Activation fake-quantization of the streaming LSTM student, placed exactly where the integer
-runtime (:mod:`edgeasr.emulator.intruntime`, spec in ``docs/integer_runtime.md``) requantizes.
+runtime (:mod:`edgeasr.runtime`, spec in ``docs/integer_runtime.md``) requantizes.
 
 The wrappers below replace ``model.encoder``, ``model.predictor`` and ``model.joiner`` with
 modules that run the same float weights but round every tensor the NPU stores to its integer grid:
@@ -16,8 +16,9 @@ Gradients pass straight through inside the clamp range and are zero outside (STE
 
 Scales (``amax``) are moving averages of the per-forward max |x| during training, after a
 calibration pass over a few batches sets them from the float model (:func:`calibrate`).
-:func:`detach_activation_quant` hands back a plain model plus the scales, which a model file
-stores in ``meta["activation_quant"]``; :func:`attach_activation_quant` restores them.
+:func:`activation_spec` reads the points into the compression spec's
+:class:`~edgeasr.quantspec.ActivationSpec` (the fixed formats above are the spec's constants);
+:func:`restore_fake_quant` puts a saved spec back on a loaded model.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATE_SCALE = 2.0**-12  # Q3.12: LSTM gate pre-activations, range +-8
-UNIT_SCALE = 2.0**-15  # Q0.15: sigmoid / tanh outputs
-INT16 = 32767
-TANH_OUT_SCALE = 1.0 / 127  # the joiner's tanh output, int8
+from edgeasr.models.encoders import LstmEncoder, _trim, stack_frames
+from edgeasr.models.predictor import StatelessPredictor
+from edgeasr.models.residual import residual_lstm
+from edgeasr.models.subsampling import frames_after_subsampling
+from edgeasr.quantspec import (GATE_SCALE, INT16, TANH_OUT_SCALE, UNIT_SCALE, ActivationPoint, ActivationSpec,
+                               CompressionSpec, qmax)
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -77,7 +80,7 @@ class ActQuant(nn.Module):
     def __init__(self, bits: int = 8, momentum: float = 0.99, pow2: bool = False):
         super().__init__()
         self.bits, self.momentum, self.pow2 = int(bits), float(momentum), bool(pow2)
-        self.qmax = 2 ** (self.bits - 1) - 1
+        self.qmax = qmax(self.bits)
         self.register_buffer("amax", torch.zeros(()))
         self.calibrating = False
         self.frozen = False
@@ -193,9 +196,6 @@ class QLstmEncoder(_Wrapper):
         super().__init__(enc, pts)
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from edgeasr.models.encoders import _trim, stack_frames
-        from edgeasr.models.subsampling import frames_after_subsampling
-
         e, q = self.inner, self.q
         x = q["in"](e.input_norm(_trim(x, x_lens)))
         conv1, conv2 = e.subsampling.conv[0], e.subsampling.conv[2]
@@ -206,10 +206,7 @@ class QLstmEncoder(_Wrapper):
         lens = frames_after_subsampling(x_lens).clamp(min=0)
         if e.stack is not None:
             y, lens = stack_frames(q["sub"](y), lens, e.frame_stack, e.stack, ceil=False)
-        r = q["res0"](y)
-        for i, (norm, lstm) in enumerate(zip(e.norms, e.lstms)):
-            h = self.lstm(i, lstm, q[f"l{i}_x"](norm(r)))
-            r = q[f"res{i + 1}"].add(r, e.dropout(h))
+        r, _ = residual_lstm(q["res0"](y), self._norm, self._cell, self._add, [None] * e.num_layers)
         out = q["out"](e.output(q["final"](e.final_norm(r))))
         self.commit()
         return out, lens
@@ -217,9 +214,19 @@ class QLstmEncoder(_Wrapper):
     def infer(self, *args, **kwargs):
         # Without this, attribute fallback would stream the *float* encoder without a word.
         raise NotImplementedError("the fake-quantized encoder runs offline only; stream with the integer runtime "
-                                  "(edgeasr.emulator.intruntime.IntTransducer.from_model or an exported file)")
+                                  "(edgeasr.runtime.IntTransducer.from_model or an exported file)")
 
     streaming_forward = infer
+
+    # the residual LSTM block on the runtime's grids (edgeasr.models.residual)
+    def _norm(self, i: int, r: torch.Tensor) -> torch.Tensor:
+        return self.q[f"l{i}_x"](self.inner.norms[i](r))
+
+    def _cell(self, i: int, x: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        return self.lstm(i, self.inner.lstms[i], x), None
+
+    def _add(self, i: int, r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.q[f"res{i + 1}"].add(r, self.inner.dropout(h))
 
     def lstm(self, i: int, lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
         """One quantized LSTM layer over ``x`` (N, T, H) from zero state -> h (N, T, H).
@@ -311,9 +318,6 @@ def attach_activation_quant(model: nn.Module, bits: int = 8, residual_bits: int 
 
     ``scales``: ``{"encoder.in": amax, ...}`` from :func:`detach_activation_quant` (a saved model's
     ``meta["activation_quant"]["amax"]``); ``frozen`` keeps them fixed during training."""
-    from edgeasr.models.encoders import LstmEncoder
-    from edgeasr.models.predictor import StatelessPredictor
-
     if is_quantized(model):
         raise RuntimeError("activation quantization is already attached")
     if not isinstance(model.encoder, LstmEncoder) or not isinstance(model.predictor, StatelessPredictor):
@@ -349,15 +353,31 @@ def point_names(model: nn.Module) -> list[str]:
     return [n for n, _ in quant_points(model)]
 
 
-def activation_spec(model: nn.Module) -> dict[str, Any]:
-    """What a model file stores: per point its bits, power-of-two flag, ``amax`` and effective scale."""
-    return {"gate_scale": GATE_SCALE, "unit_scale": UNIT_SCALE, "tanh_out_scale": TANH_OUT_SCALE,
-            "rounding": "half_up",
-            "amax": {n: float(q.amax) for n, q in quant_points(model)},
-            "points": {n: {"bits": q.bits, "pow2": q.pow2, "scale": q.scale()} for n, q in quant_points(model)}}
+def activation_spec(model: nn.Module) -> ActivationSpec:
+    """The spec's view of ``model``'s points: per point its bits, power-of-two flag, ``amax`` and effective scale."""
+    return ActivationSpec({n: ActivationPoint(q.bits, q.pow2, float(q.amax), q.scale())
+                           for n, q in quant_points(model)})
 
 
-def detach_activation_quant(model: nn.Module) -> dict[str, Any]:
+def restore_fake_quant(model: nn.Module, spec: CompressionSpec) -> nn.Module:
+    """Put ``spec``'s activation fake-quantization back on ``model`` (a plain student loaded from the
+    file that stored ``spec``), scales frozen, in place; a weights-only spec leaves it as it is.
+
+    The one way every stage and tool restores a saved model's quantization. Raises ``ValueError``
+    if the points ``attach_activation_quant`` builds differ from the spec's."""
+    if spec.activations is None:
+        return model
+    act = spec.activations
+    attach_activation_quant(model, bits=spec.act_bits, residual_bits=spec.residual_bits, scales=act.amax, frozen=True)
+    have, want = activation_spec(model).layout(), act.layout()
+    if have != want:
+        diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
+        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant "
+                         f"builds at {diff}")
+    return model
+
+
+def detach_activation_quant(model: nn.Module) -> ActivationSpec:
     """Unwrap in place (the float modules come back unchanged); returns :func:`activation_spec`."""
     spec = activation_spec(model)
     for part in PARTS:

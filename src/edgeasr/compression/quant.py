@@ -1,10 +1,8 @@
-"""Symmetric per-output-channel weight quantization, fake-quantization with a straight-through
-estimator, and the absolute-cosine regularizer (Nguyen et al., Interspeech 2020).
+"""Fake-quantization of weights with a straight-through estimator, and the absolute-cosine
+regularizer (Nguyen et al., Interspeech 2020), on the per-channel grid of
+:mod:`edgeasr.quantspec.levels` (which owns the grid: ``channel_scale``, ``weight_levels``).
 
-The grid for ``bits`` b is ``k * scale`` with integer ``k`` in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` and
-``scale = max |w_row| / (2^(b-1) - 1)`` per output channel (row 0 of the weight; for an LSTM's
-stacked gate matrix that is one scale per gate unit). The scale is recomputed from the current
-weights at every step, so the grid follows training.
+The scale is recomputed from the current weights at every step, so the grid follows training.
 """
 
 from __future__ import annotations
@@ -13,25 +11,8 @@ import math
 
 import torch
 
-
-def qmax(bits: int) -> int:
-    if not 2 <= bits <= 16:
-        raise ValueError(f"weight bits must be in 2..16, got {bits}")
-    return 2 ** (bits - 1) - 1
-
-
-def channel_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel scale, shaped to broadcast against ``w`` (``(C_out, 1, ...)``)."""
-    flat = w.detach().reshape(w.size(0), -1).abs().amax(dim=1)
-    scale = (flat / qmax(bits)).clamp(min=1e-12)
-    return scale.reshape(-1, *([1] * (w.dim() - 1)))
-
-
-def quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ``(q, scale)``: integer levels (int32; exact zeros stay 0) and per-channel scales ``(C_out,)``."""
-    scale = channel_scale(w, bits)
-    q = torch.clamp(torch.round(w / scale), -qmax(bits), qmax(bits))
-    return q.to(torch.int32), scale.reshape(-1)
+from edgeasr.quantspec import qmax
+from edgeasr.quantspec.levels import channel_scale
 
 
 def fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:

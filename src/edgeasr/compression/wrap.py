@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from edgeasr.quantspec import SKIP, is_compressed
+
 from .quant import fake_quant
 
 
@@ -40,14 +42,13 @@ class Target:
         return self.orig * self.mask
 
 
-def weight_targets(model: nn.Module, skip: tuple[str, ...] = ("ctc_head",)) -> Iterator[tuple[str, nn.Module, str]]:
-    """Every weight matrix / conv kernel / embedding (ndim >= 2) outside ``skip``: what ships and is compressed."""
+def weight_targets(model: nn.Module, skip: tuple[str, ...] = SKIP) -> Iterator[tuple[str, nn.Module, str]]:
+    """Every compressed weight (:func:`edgeasr.quantspec.is_compressed`): what ships and is compressed."""
     for mod_name, module in model.named_modules():
-        if any(mod_name == s or mod_name.startswith(s + ".") for s in skip):
-            continue
         for attr, p in list(module.named_parameters(recurse=False)):
-            if p.dim() >= 2:
-                yield (f"{mod_name}.{attr}" if mod_name else attr), module, attr
+            name = f"{mod_name}.{attr}" if mod_name else attr
+            if is_compressed(name, p.dim(), skip):
+                yield name, module, attr
 
 
 class Compression:
@@ -60,7 +61,7 @@ class Compression:
     """
 
     def __init__(self, model: nn.Module, bits: int | None = 8, masks_from_zeros: bool = False,
-                 skip: tuple[str, ...] = ("ctc_head",)):
+                 skip: tuple[str, ...] = SKIP):
         self.model = model
         self.bits = bits
         self.targets: list[Target] = []

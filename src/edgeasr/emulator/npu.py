@@ -1,12 +1,12 @@
 """NPU emulator: the work the integer runtime really does, costed on a hardware profile.
 
-    c = read_container("data/export/student.edgeasr"); rt = load_student(path)
+    c = read_container("data/export/student.edgeasr"); rt = edgeasr.runtime.load_student(path, c)
     spec = ModelSpec.from_container(c)                         # bytes per layer, per variant
     trace = stream_utterance(rt, spec, feats, chunk_frames=32)  # runs the runtime chunk by chunk
     res = emulate(trace, spec, hw, "sparse_int8")               # latency, end-of-speech latency, energy, ...
     res.report.table()                                          # per-layer roofline (a cost.CostReport)
 
-What is counted. The integer runtime (``intruntime.IntTransducer.stats``) counts, per layer, the
+What is counted. The integer runtime (``edgeasr.runtime.IntTransducer.stats``) counts, per layer, the
 MACs a dense engine runs, the MACs left after skipping zero weights (exactly ``rows x nnz``) and
 its calls. This module maps them onto the exported model's layers (the PyTorch module names, so
 the tables line up with :func:`~edgeasr.emulator.cost.estimate`'s), adds the layers without MACs
@@ -19,7 +19,7 @@ Variants on the same profile and the same counts:
 
 ``fp32``        dense MACs at fp32 speed (``cost.macs_per_s``: 1/4 of the int8 rate), 4 bytes per value.
 ``dense_int8``  dense MACs at int8 speed (zeros not skipped), every weight stored densely at the
-                export's bit width (8 by default) + the container's per-channel scales.
+                export's bit width (the compression spec's ``bits``) + the container's per-channel scales.
 ``sparse_int8`` MACs against zero weights skipped (when the profile has ``zero_skipping``), the
                 container's compressed bytes (bitmap / rle / zlib / dense, whichever it stores).
 
@@ -52,6 +52,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from edgeasr.export import encoded_nbytes, record_nbytes
+from edgeasr.quantspec import read_spec
 
 from .cost import CostReport, LayerWork, gathered_bytes, macs_per_s, roofline
 from .hw import HwProfile
@@ -127,10 +130,8 @@ class ModelSpec:
     @classmethod
     def from_container(cls, container, host_layers: Iterable[str] = HOST_LAYERS) -> ModelSpec:
         """``container``: :func:`edgeasr.export.read_container`'s result for an exported student."""
-        from edgeasr.export import encoded_nbytes, record_nbytes
-
         header = container.header
-        bits = int(header.get("bits", 8))
+        bits = read_spec(header, getattr(container, "source", "") or "the container", need="the NPU emulator").bits
         groups: dict[str, list] = {}
         for name, rec in container.tensors.items():
             groups.setdefault(layer_of_tensor(name), []).append(rec)

@@ -1,7 +1,7 @@
 """Encodings of quantized weight levels (``qweight`` tensors): dense, bitmap, rle, zlib, and auto.
 
 A quantized weight is ``n`` signed integer levels on the symmetric grid of ``bits`` b:
-``|level| <= qmax = 2**(b-1) - 1`` (:func:`edgeasr.compression.quant.quantize`), pruned entries
+``|level| <= qmax = 2**(b-1) - 1`` (:func:`edgeasr.quantspec.levels.weight_levels`), pruned entries
 exactly 0, in row-major (C) order of the tensor's shape. Byte layouts (all little-endian, packed
 streams as in :mod:`.bitpack`; ``docs/export_format.md`` is the normative spec):
 
@@ -35,10 +35,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeasr.quantspec import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, check_weight_bits, qmax
+
 from .bitpack import BitstreamError, from_twos_complement, pack_bits, packed_nbytes, to_twos_complement, unpack_bits
 
 ENCODINGS = ("dense", "bitmap", "rle", "zlib")  # qweight encodings, in auto's tie-break order
-MIN_BITS, MAX_BITS = 2, 16  # qweight bit widths (edgeasr.compression.quant.qmax accepts 2..16)
+MIN_BITS, MAX_BITS = MIN_WEIGHT_BITS, MAX_WEIGHT_BITS  # qweight bit widths: the spec's weight widths
 RLE_MAX_RUN_BITS = 8
 _RLE_HEAD = 8
 _ZLIB_HEAD = 4
@@ -48,15 +50,8 @@ class CodecError(ValueError):
     """A payload does not decode to what its directory entry declares (the container adds the file name)."""
 
 
-def qmax(bits: int) -> int:
-    """Largest level of the symmetric ``bits`` grid, ``2**(bits-1) - 1``."""
-    return (1 << (bits - 1)) - 1
-
-
 def check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"qweight bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    return int(bits)
+    return check_weight_bits(bits, "qweight bits")
 
 
 def level_dtype(bits: int) -> np.dtype:
@@ -72,7 +67,7 @@ def check_levels(levels, bits: int) -> np.ndarray:
     bits = check_bits(bits)
     a = np.asarray(levels)
     if a.dtype.kind not in "iu":
-        raise ValueError(f"qweight levels must be integers (use edgeasr.compression.quantize), got dtype {a.dtype}")
+        raise ValueError(f"qweight levels must be integers (use edgeasr.quantspec.levels.weight_levels), got dtype {a.dtype}")
     flat = a.reshape(-1).astype(np.int32)
     if flat.size:
         lo, hi = int(flat.min()), int(flat.max())

@@ -13,9 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from edgeasr.models.subsampling import frames_after_subsampling
-
-from .subsampling import Conv2dSubsampling, InputNorm
+from .residual import residual_lstm
+from .subsampling import Conv2dSubsampling, InputNorm, frames_after_subsampling
 
 
 def _trim(x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
@@ -159,9 +158,20 @@ class LstmEncoder(nn.Module):
         """
         x = _trim(x, x_lens)
         h, h_lens = self._subsample(x, x_lens)
-        for norm, lstm in zip(self.norms, self.lstms):
-            h = h + self.dropout(lstm(norm(h))[0])
+        h, _ = residual_lstm(h, self._norm, lambda i, y, _: (self.lstms[i](y)[0], None), self._add_dropout,
+                             [None] * self.num_layers)
         return self.output(self.final_norm(h)), h_lens
+
+    # the residual LSTM block (edgeasr.models.residual); the cells differ per entry point
+    def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.norms[i](x)
+
+    def _add_dropout(self, i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(y)
+
+    @staticmethod
+    def _add(i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
 
     def _subsample(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, h_lens = self.subsampling(self.input_norm(x), x_lens)
@@ -189,13 +199,9 @@ class LstmEncoder(nn.Module):
         Returns out (N, T', output_dim), new h, new c. Export-friendly (no Python control flow on values).
         """
         y, _ = self._subsample(x, torch.full((x.size(0),), x.size(1), device=x.device))
-        hs, cs = [], []
-        for i, (norm, lstm) in enumerate(zip(self.norms, self.lstms)):
-            o, (hi, ci) = lstm(norm(y), (h[i : i + 1], c[i : i + 1]))
-            y = y + o
-            hs.append(hi)
-            cs.append(ci)
-        return self.output(self.final_norm(y)), torch.cat(hs, 0), torch.cat(cs, 0)
+        states = [(h[i : i + 1], c[i : i + 1]) for i in range(self.num_layers)]
+        y, states = residual_lstm(y, self._norm, lambda i, z, hc: self.lstms[i](z, hc), self._add, states)
+        return self.output(self.final_norm(y)), torch.cat([s[0] for s in states], 0), torch.cat([s[1] for s in states], 0)
 
     def infer(
         self, x: torch.Tensor, x_lens: torch.Tensor, state: LstmState | None = None
@@ -231,14 +237,18 @@ class LstmEncoder(nn.Module):
             if self.stack is not None:
                 y = self.stack(y.reshape(n, kmax, k * y.size(2)))
             rows = (out_lens > 0).nonzero().squeeze(1)
-            yr, lens_r = y[rows], out_lens[rows].cpu()
-            h, c = h.clone(), c.clone()
-            for i, (norm, lstm) in enumerate(zip(self.norms, self.lstms)):
+            lens_r = out_lens[rows].cpu()
+
+            def packed_cell(i: int, z: torch.Tensor, hc):
                 # Packing stops each stream's LSTM state at its own last valid frame.
-                packed = pack_padded_sequence(norm(yr), lens_r, batch_first=True, enforce_sorted=False)
-                o, (hi, ci) = lstm(packed, (h[i : i + 1, rows].contiguous(), c[i : i + 1, rows].contiguous()))
-                o, _ = pad_packed_sequence(o, batch_first=True, total_length=kmax)
-                yr = yr + o
+                packed = pack_padded_sequence(z, lens_r, batch_first=True, enforce_sorted=False)
+                o, hc = self.lstms[i](packed, hc)
+                return pad_packed_sequence(o, batch_first=True, total_length=kmax)[0], hc
+
+            states = [(h[i : i + 1, rows].contiguous(), c[i : i + 1, rows].contiguous()) for i in range(self.num_layers)]
+            yr, states = residual_lstm(y[rows], self._norm, packed_cell, self._add, states)
+            h, c = h.clone(), c.clone()
+            for i, (hi, ci) in enumerate(states):
                 h[i, rows] = hi[0]
                 c[i, rows] = ci[0]
             out = torch.zeros(n, kmax, self.output_dim, device=x.device, dtype=yr.dtype)

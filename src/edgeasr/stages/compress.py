@@ -7,7 +7,7 @@ gradual magnitude pruning of the distilled student (``data/distill/model.pt``).
   schedule over ``pruning.start_step .. end_step``; then fine-tuning at the final masks.
 
 Outputs: ``data/compress/model.pt`` (pruned entries exactly 0, the rest on the ``bits`` grid; its
-meta records ``compression``), ``data/compress/results/`` (recogs/errs, per-layer sparsity table,
+meta records the :class:`~edgeasr.quantspec.CompressionSpec` as ``compression``), ``data/compress/results/`` (recogs/errs, per-layer sparsity table,
 schedule plot), ``reports/compress.json``.
 """
 
@@ -63,6 +63,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, quant_points
     from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
     from edgeasr.models.io import load_model, save_model
+    from edgeasr.quantspec import CompressionSpec
 
     section = cfg[STAGE]
     bits, sparsity = int(section.bits), float(section.sparsity)
@@ -103,14 +104,13 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         table = comp.layer_table()
         grid = regularizer.mean_grid_distance()
         comp.materialize()
-        compression = {"bits": bits, "sparsity": sparsity, "scope": str(pr.scope)}
-        if is_quantized(model):
-            for _, q in quant_points(model):
-                q.frozen = True
-            compression["activation_quant"] = activation_spec(model)
+        for _, q in quant_points(model):
+            q.frozen = True
+        target = 1.0 - pr.n_m[0] / pr.n_m[1] if pr.n_m else sparsity  # N:M fixes the sparsity
+        spec = CompressionSpec(bits, target, str(pr.scope), activation_spec(model) if is_quantized(model) else None)
         with float_view(model) as plain:
             save_model(out / "model.pt", plain, model_cfg,
-                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": compression})
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
 
         # WER of the fake-quantized model (what the integer runtime computes); cost of its weights
         qat_metrics, cost = report_model(cfg, model, dm, section, results, bits=bits)

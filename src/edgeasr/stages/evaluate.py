@@ -1,7 +1,7 @@
 """The ``evaluate`` stage: the exported student (``data/export/student.edgeasr``) as a device runs it.
 
 * WER per split (``evaluate.eval_splits``, every utterance) from the integer runtime
-  (:mod:`edgeasr.emulator.intruntime`), recogs/errs files as the other stages write them. The
+  (:mod:`edgeasr.runtime`), recogs/errs files as the other stages write them. The
   runtime's streaming is bit-exact to one whole-utterance call and streaming greedy search shares
   the offline loop, so these are also the streaming transcripts.
 * The NPU emulator (:mod:`edgeasr.emulator.npu`) on ``num_latency_utts`` utterances of
@@ -188,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from edgeasr.emulator.transducer import transducer_latency
     from edgeasr.evaluation import evaluate_splits
     from edgeasr.export import read_container
-    from edgeasr.export.student import load_student
+    from edgeasr.runtime import load_student
 
     from .common import stage_datamodule
 

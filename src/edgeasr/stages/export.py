@@ -25,12 +25,14 @@ STAGE = "export"
 def run(cfg: DictConfig) -> dict[str, float]:
     import torch
 
-    from edgeasr.compression import attach_activation_quant, float_view
+    from edgeasr.compression import float_view, restore_fake_quant
     from edgeasr.data.tokenizer import Tokenizer
     from edgeasr.evaluation import add_test_totals, decode_loader, model_metrics, wer_metrics
     from edgeasr.export import read_container
-    from edgeasr.export.student import export_student, load_student, tokens_to_text
+    from edgeasr.export.student import export_student
     from edgeasr.models.io import load_model
+    from edgeasr.quantspec import read_spec
+    from edgeasr.runtime import load_student, tokens_to_text
 
     from .common import stage_datamodule
 
@@ -40,6 +42,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / str(section.source) / "model.pt"
         model, meta = load_model(src)
+        spec = read_spec(meta, str(src), need="the export stage")
         tok = Tokenizer(data_dir / "prepare" / "tokenizer" / "bpe.model")
         tokens = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
         path = out / "student.edgeasr"
@@ -76,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update(sherpa_bundles(model, data_dir / "prepare" / "tokenizer", out / "sherpa", section.sherpa))
 
         # Integer runtime vs the fake-quantized PyTorch model it was trained as
-        fq = attach_activation_quant(model, scales=meta["compression"]["activation_quant"]["amax"], frozen=True).eval()
+        fq = restore_fake_quant(model, spec).eval()
         dm = stage_datamodule(cfg, section)
         for split in section.agreement_splits:
             loader = list(dm.split_dataloader(split))
@@ -98,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # Emulated latency of the exported weights (analytical roofline; the evaluate stage measures
         # it on the integer runtime's executed MACs). size_bytes stays the file size.
         with float_view(fq) as plain:
-            cost, _ = model_metrics(plain, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=int(meta["compression"]["bits"]))
+            cost, _ = model_metrics(plain, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=spec.bits)
         metrics.update({k: cost[k] for k in ("emulated_latency_ms", "emulated_rtf")})
 
         tracker.log_report(metrics)

@@ -4,16 +4,18 @@ compressed student (``data/compress/model.pt``).
 The loaded model's pruning masks are recovered from its exact zeros and stay FIXED (no pruning
 callback), and its weights keep being fake-quantized at the compress stage's ``bits``: the
 optimizer updates float master weights, every forward sees ``fake_quant(W_orig * mask)``. When
-the compress stage also quantized activations (``meta["compression"]["activation_quant"]``), the
-same requantization points are re-attached with the saved scales, FROZEN: the fine-tuned model
-runs on the integer runtime with exactly the scales the export stage reads from its meta. At the
-end the model is materialized (pruned entries exactly 0, the rest on the per-channel grid) and
-checked: same zero pattern as the loaded model, every weight on the grid.
+the compress stage also quantized activations (the spec's activations), the same requantization
+points are re-attached with the saved scales, FROZEN: the fine-tuned model runs on the integer
+runtime with exactly the scales the export stage reads from its meta. The
+:class:`~edgeasr.quantspec.CompressionSpec` is carried unchanged: at the end the model is
+materialized (pruned entries exactly 0, the rest on the per-channel grid) and checked against it
+(:func:`check_compression`): same zero pattern as the loaded model, every weight on the grid, the
+activation points as saved.
 
 Training: :class:`edgeasr.training.mwer.MwerLitModule` (N-best decoded on the fly, full-sum
 rescoring, MWER + RNN-T loss) over the labeled train splits.
 
-Outputs: ``data/mwer/model.pt`` (meta ``compression`` carried over), ``data/mwer/results/``
+Outputs: ``data/mwer/model.pt`` (meta ``compression``: the same spec), ``data/mwer/results/``
 (recogs/errs per split before (``before/``) and after, learning curve, cost table),
 ``data/mwer/checkpoints/``, ``reports/mwer.json`` with ``before/wer/<split>``, ``wer/<split>``,
 ``wer_ratio_to_before``, ``sparsity``, ``size_bytes``, ``emulated_latency_ms``.
@@ -46,7 +48,7 @@ def keep_kept_weights_nonzero(comp) -> int:
     """
     import torch
 
-    from edgeasr.compression.quant import channel_scale
+    from edgeasr.quantspec.levels import channel_scale
 
     moved = 0
     with torch.no_grad():
@@ -62,12 +64,18 @@ def keep_kept_weights_nonzero(comp) -> int:
     return moved
 
 
-def check_compression(model, zero_masks: dict[str, "torch.Tensor"], bits: int) -> None:  # noqa: F821
+def check_compression(model, zero_masks: dict[str, "torch.Tensor"], spec, activations=None) -> None:  # noqa: F821
     """Raise ``RuntimeError`` unless every compressed weight of ``model`` has exactly the zeros in
-    ``zero_masks`` (name -> bool, True = pruned) and lies on the ``bits`` per-channel grid."""
+    ``zero_masks`` (name -> bool, True = pruned) and lies on ``spec``'s per-channel grid
+    (:class:`~edgeasr.quantspec.CompressionSpec`), and ``activations`` (the trained model's
+    :func:`~edgeasr.compression.activation_spec`, when it has them) are still the spec's."""
     import torch
 
-    from edgeasr.compression.quant import channel_scale
+    from edgeasr.quantspec.levels import channel_scale
+
+    bits = spec.bits
+    if activations != spec.activations:
+        raise RuntimeError("mwer changed the activation quantization: its frozen points differ from the compression spec")
 
     params = dict(model.named_parameters())
     for name, pruned in zero_masks.items():
@@ -82,27 +90,13 @@ def check_compression(model, zero_masks: dict[str, "torch.Tensor"], bits: int) -
             raise RuntimeError(f"{name} is off the {bits}-bit grid after mwer (max {off:.4f} grid steps)")
 
 
-def attach_saved_activation_quant(model, spec: dict | None):
-    """Re-attach the compress stage's activation fake-quantization (scales frozen) when ``spec``
-    (``meta["compression"]["activation_quant"]``) is given; raise if the points differ from it."""
-    from edgeasr.compression import activation_spec, attach_activation_quant
-
-    if not spec:
-        return model
-    attach_activation_quant(model, scales=spec["amax"], frozen=True)
-    have = {n: (p["bits"], p["pow2"]) for n, p in activation_spec(model)["points"].items()}
-    want = {n: (p["bits"], p["pow2"]) for n, p in spec.get("points", {}).items()}
-    if want and have != want:
-        diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
-        raise ValueError(f"the saved activation quantization differs from what attach_activation_quant "
-                         f"builds at {diff}")
-    return model
-
-
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (a sweep), which then holds the outputs."""
-    from edgeasr.compression import Compression, activation_spec, float_view, weight_targets
+    import torch
+
+    from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, restore_fake_quant, weight_targets
     from edgeasr.models.io import load_model, save_model
+    from edgeasr.quantspec import read_spec
     from edgeasr.training.mwer import MwerLitModule
 
     section = cfg[STAGE]
@@ -111,19 +105,16 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / "compress" / "model.pt"
         model, meta = load_model(src)
-        if "compression" not in meta:
-            raise ValueError(f"{src} has no 'compression' meta: mwer fine-tunes the compress stage's output")
-        compression = dict(meta["compression"])
-        bits = int(compression["bits"])
+        spec = read_spec(meta, str(src), need="mwer (it fine-tunes the compress stage's output)")
+        bits = spec.bits
         model_cfg = meta["model_cfg"]
         dm = stage_datamodule(cfg, section)
         metrics: dict[str, float] = {}
 
-        act_spec = compression.get("activation_quant")
         zero_masks = {name: (getattr(mod, attr).detach() == 0) for name, mod, attr in weight_targets(model)}
 
         # Before: the loaded compressed model exactly as compress shipped and reported it.
-        shipped = attach_saved_activation_quant(copy.deepcopy(model), act_spec).eval()
+        shipped = restore_fake_quant(copy.deepcopy(model), spec).eval()
         before, _ = report_model(cfg, shipped, dm, section, results / "before", bits=bits)
         metrics.update({f"before/{k}": v for k, v in before.items() if k.startswith("wer") or k == "sparsity"})
         del shipped
@@ -133,7 +124,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         # gradient through the mask) and the fake quantizer keeps training on the deployed grid.
         # Weights first, then activations (the quantized encoder runs the weight hooks itself).
         comp = Compression(model, bits=bits, masks_from_zeros=True)
-        attach_saved_activation_quant(model, act_spec)
+        restore_fake_quant(model, spec)
         src_fp = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
         model, dm, curve, speed, trainer = train_transducer(
             cfg, STAGE, OmegaConf.create(model_cfg), section, tracker, out, datamodule=dm, model=model,
@@ -142,12 +133,11 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             fingerprint_extra=src_fp)
         metrics["kept_weights_moved_off_zero"] = keep_kept_weights_nonzero(comp)
         comp.materialize()
-        if act_spec:
-            compression["activation_quant"] = activation_spec(model)
+        trained_act = activation_spec(model) if is_quantized(model) else None
         with float_view(model) as plain:
-            check_compression(plain, zero_masks, bits)
+            check_compression(plain, zero_masks, spec, trained_act)
             save_model(out / "model.pt", plain, model_cfg,
-                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": compression})
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
 
         after, cost = report_model(cfg, model, dm, section, results, bits=bits)
         metrics.update(after)

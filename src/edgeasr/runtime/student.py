@@ -1,0 +1,65 @@
+"""An exported student file (``docs/export_format.md``) loaded into the integer runtime.
+
+The loader reads the container (:mod:`edgeasr.export`, validated), the compression spec from its
+header (:func:`edgeasr.quantspec.read_spec`) and checks the stored levels against it; every
+problem is an :class:`~edgeasr.export.ExportFormatError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from edgeasr.export import Container, ExportFormatError, read_container
+from edgeasr.export.student import FORMAT_NAME
+from edgeasr.quantspec import SpecError, check_sparsity, read_spec
+
+from .ops import QWeight
+from .transducer import IntTransducer
+
+SPACE = "\u2581"  # sentencepiece's word boundary
+FIX = "re-export it with `dvc repro export`"
+
+
+def load_student(path: str | Path, container: Container | None = None) -> IntTransducer:
+    """-> :class:`IntTransducer` with ``tokens`` and ``header``.
+
+    ``container``: ``read_container(path)`` if the caller has already read it (saves a second read
+    and checksum pass). Raises :class:`ExportFormatError` naming the file for anything that is not
+    an intact exported student."""
+    c = container if container is not None else read_container(path)
+    h = c.header
+    if h.get("format") != FORMAT_NAME:
+        raise ExportFormatError(f"{path}: container holds {h.get('format')!r}, not an exported student ({FORMAT_NAME}); {FIX}")
+    missing = [k for k in ("model_cfg", "bits", "sparsity", "activation_quant", "tokens") if k not in h]
+    if missing:
+        raise ExportFormatError(f"{path}: header lacks {missing}; {FIX}")
+    weights, floats = {}, {}
+    for name, rec in c.tensors.items():
+        if rec.kind == "qweight":
+            weights[name] = QWeight(torch.from_numpy(rec.values.astype("int64")), torch.from_numpy(rec.scale.copy()))
+        else:
+            floats[name] = torch.from_numpy(rec.values.astype("float32"))
+    try:
+        spec = read_spec(h, str(path), need="the integer runtime")
+        if any(rec.bits != spec.bits for rec in c.tensors.values() if rec.kind == "qweight"):
+            raise SpecError(f"{path}: qweight bit widths differ from the header's bits={spec.bits}")
+        check_sparsity(spec, sum(int((w.levels == 0).sum()) for w in weights.values()),
+                       sum(w.levels.numel() for w in weights.values()), str(path))
+    except SpecError as e:
+        raise ExportFormatError(f"{e}; {FIX}") from e
+    try:
+        rt = IntTransducer(h["model_cfg"], weights, floats, spec)
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise ExportFormatError(f"{path}: tensors do not match the header's model ({type(e).__name__}: {e}); {FIX}") from e
+    if len(h["tokens"]) != rt.joiner.vocab_size:
+        raise ExportFormatError(f"{path}: {len(h['tokens'])} tokens for a {rt.joiner.vocab_size}-way joiner; {FIX}")
+    rt.tokens, rt.header = list(h["tokens"]), h
+    return rt
+
+
+def tokens_to_text(tokens: Sequence[str], ids: Sequence[int], blank_id: int = 0) -> str:
+    """Token ids -> text with the exported token list (BPE pieces, ``▁`` starts a word)."""
+    return "".join(tokens[i] for i in ids if i != blank_id).replace(SPACE, " ").strip()
