@@ -58,7 +58,6 @@ from edgeasr.quantspec import read_spec
 
 from .cost import CostReport, LayerWork, gathered_bytes, macs_per_s, roofline
 from .hw import HwProfile
-from .plot import roofline_figure  # noqa: F401  re-exported: stages/evaluate.py calls npu.roofline_figure
 
 VARIANTS = ("fp32", "dense_int8", "sparse_int8")
 HOST_LAYERS = ("encoder.input_norm",)  # the runtime's host-side front end (docs/integer_runtime.md)

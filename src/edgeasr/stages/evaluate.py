@@ -38,6 +38,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from edgeasr.emulator.plot import roofline_figure
+
 from .prologue import open_stage
 
 log = logging.getLogger(__name__)
@@ -343,7 +345,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                          **{f"{v}/{key}": val for v in variants for key, val in _utt(res_main[v][i]).items()}})
         (results / "latency.json").write_text(json.dumps({"hw": main.name, "utterances": rows}, indent=1))
         (results / "profiles.json").write_text(json.dumps(per_profile, indent=1))
-        fig = npu.roofline_figure({v: res_main[v][ids.index(median_cut.id)].report for v in variants}, main,
+        fig = roofline_figure({v: res_main[v][ids.index(median_cut.id)].report for v in variants}, main,
                                   f"roofline on {main.name}: per layer, median-length utterance")
         fig.savefig(results / "roofline.png", dpi=120)
         tracker.log_figure(fig, "roofline.png")
