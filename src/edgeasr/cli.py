@@ -229,7 +229,7 @@ def _describe(head: bytes) -> str:
     if not head:
         return "the file is empty"
     try:
-        from edgeasr.export.container import _what_is
+        from edgeasr.export.reader import _what_is
 
         return _what_is(head)
     except ImportError:  # pragma: no cover - the helper moved
