@@ -88,7 +88,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    from edgeasr.decoding import greedy_search
     from edgeasr.deploy.sherpa import (fbank, ids_from_symbols, ids_to_text, read_tokens, sherpa_decode, torch_greedy,
                                        utterances_from_cuts)
     from edgeasr.export.sherpa import SherpaBundle, export_sherpa_bundles
@@ -141,34 +140,36 @@ def main(argv=None) -> int:
         from edgeasr.runtime import load_student
 
         rt, int_name, int_size = load_student(path), "edgeasr int runtime", path.stat().st_size
+        rt_source = path
         if rt.header.get("source"):
             print(f"note: {path} was exported from {rt.header['source']}; identical_to_torch compares it with {a.model}",
                   file=sys.stderr)
     elif a.calibrate_cuts:
         rt, int_name, int_size = _calibrated_runtime(model, a.model, a.calibrate_cuts, a.tokenizer), "int runtime (calib.)", None
+        rt_source = Path(a.model)
     else:
         print(f"skipping the integer runtime: {path} not found (run the export stage, pass --edgeasr, or "
               "--calibrate-cuts to build it from --model)", file=sys.stderr)
     if rt is not None:
+        from edgeasr.recognizer import Recognizer
         from edgeasr.runtime import tokens_to_text
 
         tokens = getattr(rt, "tokens", table)
+        # offline greedy exactly as the edgeasr CLI decodes an exported student
+        rec = Recognizer(rt_source, "exported", rt, lambda ids: tokens_to_text(tokens, ids))
 
         def int_decode(us, t=None):
             out = []
-            with torch.inference_mode():
-                for u in us:
-                    t0 = time.perf_counter()
-                    f = fbank(u.samples)
-                    enc, lens = rt.encode(f[None], torch.tensor([f.size(0)]))
-                    out.append(greedy_search(rt, enc, lens)[0])
-                    if t is not None:
-                        t.append(time.perf_counter() - t0)
+            for u in us:
+                t0 = time.perf_counter()
+                out.append(rec.recognize(fbank(u.samples)))
+                if t is not None:
+                    t.append(time.perf_counter() - t0)
             return out
 
         ids, times = best_of(int_decode)
         same = sum(i == r for i, r in zip(ids, ref_ids["offline"])) / max(1, len(ids))
-        rows.append(_row(int_name, "offline", int_size, times, audio, [tokens_to_text(tokens, i) for i in ids], refs, same))
+        rows.append(_row(int_name, "offline", int_size, times, audio, [rec.to_text(i) for i in ids], refs, same))
 
     print(f"{len(utts)} utterances, {sum(audio):.1f} s of audio, 1 thread, best of {a.repeat}")
     head = f"{'runtime':<20} {'mode':<10} {'model KB':>9} {'compute s':>9} {'RTF':>8} {'WER %':>7} {'same as torch':>13}"

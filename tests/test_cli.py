@@ -19,7 +19,10 @@ import pytest
 import torch
 
 from edgeasr import cli
+from edgeasr.audio_input import audio_features, chunk_frames, read_audio
+from edgeasr.cli_base import DEFAULT_TOKENIZER
 from edgeasr.metrics import WerAccumulator
+from edgeasr.recognizer import load_recognizer
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["turn on the kitchen lights", "play some music please", "what is the weather like today",
@@ -77,7 +80,7 @@ def assets(tmp_path_factory):
     models = root / "models"
     save_model(models / "distill" / "model.pt", student, cfg, meta={"stage": "distill"})
 
-    feats = [cli.audio_features(cli.read_audio(files[k])) for k in ("good0", "good1", "good2")]
+    feats = [audio_features(read_audio(files[k])) for k in ("good0", "good1", "good2")]
     batch = {"features": torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
              "feature_lens": torch.tensor([f.size(0) for f in feats]),
              "tokens": [tok.encode(t) for t in TEXTS[:3]]}
@@ -182,7 +185,7 @@ def test_features_are_the_prepare_stage_features(assets):
         if cut.sampling_rate != 16000:
             cut = cut.resample(16000)
         want = torch.from_numpy(cut.compute_features(ex))
-        got = cli.audio_features(cli.read_audio(path))
+        got = audio_features(read_audio(path))
         assert got.shape == want.shape and got.shape[1] == 80
         assert torch.equal(got, want), key
 
@@ -191,14 +194,14 @@ def test_features_are_the_prepare_stage_features(assets):
 def test_streaming_equals_offline(assets, which):
     """Chunked encoder with state + streaming greedy == offline greedy, token for token, for several
     chunk sizes (including one that is not a multiple of the subsampling)."""
-    rec = cli.load_recognizer(assets[which], assets["tok"])
+    rec = load_recognizer(assets[which], assets["tok"])
     rec.check_streaming()
     n_tokens = 0
     for key in ("good0", "good1", "good2", "low"):
-        feats = cli.audio_features(cli.read_audio(assets["files"][key]))
+        feats = audio_features(read_audio(assets["files"][key]))
         offline = rec.recognize(feats)
         n_tokens += len(offline)
-        for chunk in (cli._chunk_frames(320), 7, 1):
+        for chunk in (chunk_frames(320), 7, 1):
             assert rec.recognize(feats, streaming=True, chunk_frames=chunk) == offline, (key, chunk)
     assert n_tokens > 0  # the comparison is not between empty outputs
 
@@ -220,7 +223,7 @@ def test_compressed_model_pt_gets_its_activation_quantization_back(assets):
     from edgeasr.models.io import load_model
 
     b = assets["batch"]
-    rec = cli.load_recognizer(assets["compressed"], assets["tok"])
+    rec = load_recognizer(assets["compressed"], assets["tok"])
     with torch.no_grad():
         want = assets["comp_model"].encode(b["features"], b["feature_lens"])[0]
         got = rec.model.encode(b["features"], b["feature_lens"])[0]
@@ -317,7 +320,7 @@ def test_tokenizer_problems_exit_2(assets, capsys, tmp_path, monkeypatch):
     f = assets["files"]["good0"]
     monkeypatch.chdir(tmp_path)  # no data/prepare/tokenizer/bpe.model here
     code, _, err = run_main(capsys, "transcribe", assets["student"], f)
-    assert code == 2 and "--tokenizer" in err and cli.DEFAULT_TOKENIZER in err
+    assert code == 2 and "--tokenizer" in err and DEFAULT_TOKENIZER in err
     other = train_tokenizer(TEXTS, tmp_path / "other", vocab_size=30)
     code, _, err = run_main(capsys, "transcribe", assets["student"], f, "--tokenizer", other)
     assert code == 2 and "tokens but" in err

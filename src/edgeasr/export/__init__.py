@@ -14,15 +14,15 @@ from .container import (
     TensorRecord,
     build_container,
     container_nbytes,
-    parse_container,
-    read_container,
     record_nbytes,
     write_container,
 )
+from .reader import parse_container, read_container
 
 
 def __getattr__(name: str):
-    # torch helpers load lazily so that reading a container never imports torch
+    # torch helpers load lazily so that reading a container never imports torch (seconds of import;
+    # tests/test_export_container.py::test_reader_needs_no_torch)
     if name in ("records_from_model", "qweight_record"):
         from . import torch_records
 

@@ -27,15 +27,26 @@ the ONNX initializers (up to the permutations export applies: transposes, LSTM g
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnx
+import sentencepiece as spm
 import torch
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
+
+from edgeasr.data.tokenizer import Tokenizer
+from edgeasr.models.encoders import LstmEncoder
+from edgeasr.models.predictor import StatelessPredictor
 
 DEFAULT_CHUNK_FRAMES = 4  # encoder output frames per streaming chunk (320 ms at frame_stack 2)
 OPSET = 17
@@ -117,9 +128,6 @@ class SherpaBundle:
 
 
 def _check_model(model) -> None:
-    from edgeasr.models.encoders import LstmEncoder
-    from edgeasr.models.predictor import StatelessPredictor
-
     if not isinstance(model.encoder, LstmEncoder):
         raise ValueError(f"sherpa-onnx export supports the LSTM student encoder, got {type(model.encoder).__name__}")
     if not isinstance(model.predictor, StatelessPredictor):
@@ -131,8 +139,6 @@ def _check_model(model) -> None:
 
 def write_bpe_vocab(bpe_model: str | Path, path: str | Path) -> Path:
     """``piece<TAB>score`` per id (``spm_export_vocab`` format), sherpa-onnx's ``bpe_vocab``."""
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_file=str(bpe_model))
     path = Path(path)
     with open(path, "w", encoding="utf-8") as f:
@@ -142,8 +148,6 @@ def write_bpe_vocab(bpe_model: str | Path, path: str | Path) -> Path:
 
 
 def add_metadata(path: str | Path, meta: Mapping[str, Any]) -> None:
-    import onnx
-
     m = onnx.load(str(path))
     del m.metadata_props[:]
     for k, v in meta.items():
@@ -153,15 +157,11 @@ def add_metadata(path: str | Path, meta: Mapping[str, Any]) -> None:
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
-    import onnx
-
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic_axes: dict[str, dict[int, str]]) -> None:
-    import warnings
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about sizes turned into Python ints
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
@@ -170,10 +170,6 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -> Path:
     """``quantize_dynamic`` over all op types onnxruntime quantizes dynamically, int8 weights."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing" advice, logged on the root logger per call
@@ -207,10 +203,6 @@ def export_sherpa(model, tokenizer_dir: str | Path, out_dir: str | Path, *, stre
     ``*.int8.onnx`` next to the fp32 files. Checks that pruned weights are still zero in every
     file (raises ``AssertionError`` otherwise) and records what it wrote in ``bundle.json``.
     """
-    import copy
-
-    from edgeasr.data.tokenizer import Tokenizer
-
     _check_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,9 +281,6 @@ def export_sherpa_bundles(model, tokenizer_dir: str | Path, out_dir: str | Path,
 
 # ---- pruned weights stay zero -------------------------------------------------------------
 def _initializers(path: str | Path) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
     m = onnx.load(str(path))
     return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
 

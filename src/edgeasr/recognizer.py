@@ -1,0 +1,169 @@
+"""A trained model as a recognizer: any stage's ``model.pt`` or an exported student, features -> text.
+
+MODEL is any stage's ``data/<stage>/model.pt`` (its sentencepiece model: ``tokenizer``, default
+``data/prepare/tokenizer/bpe.model``) or an exported student ``*.edgeasr`` (carries its tokens);
+the kind is read from the file's first bytes, not its name. A compressed ``model.pt`` gets its
+activation fake-quant back, so the numbers are the stage's. Any problem with the model or its
+tokenizer is a :class:`~edgeasr.cli_base.CliError` naming the file (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from edgeasr.cli_base import DEFAULT_TOKENIZER, AudioError, CliError, Notes
+from edgeasr.compression import restore_fake_quant
+from edgeasr.compression.actquant import float_view, is_quantized
+from edgeasr.data.tokenizer import Tokenizer
+from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
+from edgeasr.export import MAGIC, ExportFormatError
+from edgeasr.export.reader import _what_is
+from edgeasr.models.io import load_model
+from edgeasr.quantspec import read_spec
+from edgeasr.runtime import IntTransducer, load_student, tokens_to_text
+
+ZIP_MAGIC = b"PK\x03\x04"
+EXPECTED_MODEL = ("expected a stage's model file (data/<stage>/model.pt, a PyTorch zip) or an exported "
+                  "student (*.edgeasr, starting with b'EDGEASR\\x00')")
+
+
+@dataclass
+class Recognizer:
+    """A loaded model with the decoding interface (``encode``/``predictor``/``joiner``/``blank_id``)
+    and the way its token ids become text."""
+
+    path: Path
+    kind: str  # "model.pt" or "exported"
+    model: Any
+    to_text: Callable[[Sequence[int]], str]
+    feature_dim: int = 80
+    meta: dict = field(default_factory=dict)
+    _stream_rt: Any = None
+
+    def check_streaming(self, note: Notes | None = None) -> None:
+        """Raise CliError if this model cannot stream; tell how a fake-quantized model.pt streams."""
+        if self.kind == "exported":
+            return
+        if is_quantized(self.model):
+            if self._stream_rt is None:
+                spec = read_spec(self.meta, str(self.path), need="streaming through the integer runtime")
+                with float_view(self.model) as plain:
+                    self._stream_rt = IntTransducer.from_model(plain, spec, self.meta["model_cfg"])
+                if note is not None:
+                    note("intruntime", f"{self.path}: the fake-quantized model has no streaming path in PyTorch; "
+                                       "streaming it through the integer runtime (same integers up to rounding ties)")
+            return
+        if not callable(getattr(self.model.encoder, "infer", None)):
+            raise CliError(f"{self.path}: its encoder ({type(self.model.encoder).__name__}) is full-context (offline) "
+                           "and has no streaming mode; drop --streaming")
+
+    def recognize(self, feats, method: str = "greedy", beam: int = 4, streaming: bool = False,
+                  chunk_frames: int = 32) -> list[int]:
+        """feats (T, F) float -> token ids (blank removed)."""
+        if feats.dim() != 2 or feats.size(1) != self.feature_dim:
+            raise AudioError(f"features of shape {tuple(feats.shape)}, the model takes (T, {self.feature_dim})")
+        if feats.size(0) < 7:  # shorter than the subsampling convolutions' receptive field: no encoder frame
+            return []
+        feats = feats.float()
+        with torch.inference_mode():
+            if streaming:
+                return self._stream(feats, chunk_frames)
+            enc, enc_lens = self.model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]))
+            if method == "greedy":
+                return list(greedy_search(self.model, enc, enc_lens)[0])
+            nbest = modified_beam_search(self.model, enc, enc_lens, beam=beam)[0]
+            return list(nbest[0].tokens) if nbest else []
+
+    def _stream(self, feats, chunk_frames: int) -> list[int]:
+        self.check_streaming()
+        hyps, dec = [[]], None
+        if self.kind == "exported" or self._stream_rt is not None:
+            rt = self.model if self.kind == "exported" else self._stream_rt
+            state = rt.encoder.init_state()
+            for i in range(0, feats.size(0), chunk_frames):
+                out, state = rt.encoder.infer(rt.encoder.quantize_input(feats[i: i + chunk_frames]), state)
+                hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec)
+            return list(hyps[0])
+        model, state = self.model, None
+        for i in range(0, feats.size(0), chunk_frames):
+            x = feats[i: i + chunk_frames].unsqueeze(0)
+            out, out_lens, state = model.encoder.infer(x, torch.tensor([x.size(1)]), state)
+            hyps, dec = greedy_search_streaming(model, out, out_lens, dec)
+        return list(hyps[0])
+
+    def transcribe_features(self, feats, **kw) -> str:
+        return self.to_text(self.recognize(feats, **kw))
+
+
+def _describe(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    return _what_is(head)
+
+
+def load_recognizer(model_path: str | Path, tokenizer: str | Path | None = None,
+                    note: Notes | None = None) -> Recognizer:
+    """Load MODEL by content (export magic or a torch zip); any problem -> CliError naming the file."""
+    note = note or Notes(sys.stderr)
+    path = Path(model_path)
+    if not path.exists():
+        raise CliError(f"{path}: model file not found; {EXPECTED_MODEL}")
+    if not path.is_file():
+        raise CliError(f"{path}: not a regular file; {EXPECTED_MODEL}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as e:
+        raise CliError(f"{path}: cannot read the model file ({e.strerror or e})") from e
+    if head.startswith(MAGIC) or (head and MAGIC.startswith(head)):  # a truncated export: the loader says so
+        return _load_exported(path, tokenizer, note)
+    if head.startswith(ZIP_MAGIC):
+        return _load_torch(path, tokenizer)
+    raise CliError(f"{path}: not a model file ({_describe(head)}); {EXPECTED_MODEL}")
+
+
+def _load_exported(path: Path, tokenizer, note: Notes) -> Recognizer:
+    try:
+        rt = load_student(path)
+    except ExportFormatError as e:
+        raise CliError(str(e)) from e
+    except Exception as e:  # the loader should have said it; never a traceback for a bad file
+        raise CliError(f"{path}: cannot load the exported student ({type(e).__name__}: {e})") from e
+    if tokenizer is not None:
+        note("tokenizer", f"--tokenizer {tokenizer} ignored: {path} carries its own token list")
+    tokens = rt.tokens
+    dim = int(rt.model_cfg["encoder"].get("input_dim", 80))
+    return Recognizer(path, "exported", rt, lambda ids: tokens_to_text(tokens, ids, rt.blank_id), dim,
+                      dict(rt.header))
+
+
+def _load_torch(path: Path, tokenizer) -> Recognizer:
+    try:
+        model, meta = load_model(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise CliError(str(e)) from e
+    except Exception as e:
+        raise CliError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from e
+    try:
+        spec = read_spec(meta, str(path))  # None: an fp32 model
+        if spec is not None:
+            restore_fake_quant(model, spec).eval()
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CliError(f"{path}: cannot restore its activation quantization ({type(e).__name__}: {e})") from e
+    tok_path = Path(tokenizer if tokenizer is not None else DEFAULT_TOKENIZER)
+    try:
+        tok = Tokenizer(tok_path)
+    except FileNotFoundError as e:
+        raise CliError(f"{tok_path}: tokenizer not found; pass the model's sentencepiece model with --tokenizer "
+                       f"(the prepare stage writes {DEFAULT_TOKENIZER})") from e
+    except Exception as e:
+        raise CliError(f"{tok_path}: not a usable sentencepiece tokenizer ({type(e).__name__}: {e})") from e
+    if tok.vocab_size != model.vocab_size:
+        raise CliError(f"{tok_path} has {tok.vocab_size} tokens but {path} was trained with {model.vocab_size}; "
+                       "pass the tokenizer the model was trained with (--tokenizer)")
+    return Recognizer(path, "model.pt", model, tok.decode, int(model.encoder.input_dim), meta)
