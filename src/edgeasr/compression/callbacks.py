@@ -4,6 +4,8 @@ the masks and the fake quantizer but no longer changes them)."""
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.pyplot as plt  # already imported by pytorch_lightning: no extra cost
 import pytorch_lightning as pl
 import torch
 
@@ -51,11 +53,7 @@ class GradualPruning(pl.Callback):
         pl_module.log_dict({"compress/sparsity_target": target, "compress/sparsity": measured})
 
     def figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")  # process-wide: switched only when a figure is drawn
         fig, ax = plt.subplots(figsize=(5, 3.2))
         steps = list(range(0, max(self.end, 1) + max(1, self.end // 10)))
         ax.plot(steps, [self.target(s) for s in steps], label="cubic schedule")

@@ -155,8 +155,6 @@ def trace_analytic_pattern(rt, spec: ModelSpec, feats, num_tokens: int, blank_id
     Same work as the analytical model counts, so both must give the same numbers (calibration).
     Note: real greedy decoding (one symbol per frame, :func:`stream_utterance`) runs the joiner once
     per frame only; transducer_latency's extra call per token is its own (icefall-style) assumption."""
-    import torch
-
     x = rt.encoder.quantize_input(torch.as_tensor(feats))
     before = snapshot(rt)
     enc = rt.encoder(x)
