@@ -148,3 +148,48 @@ def test_pareto_front():
 
     pts = [(1.0, 9.0), (2.0, 5.0), (3.0, 6.0), (4.0, 1.0), (2.5, 5.0)]
     assert pareto_front(pts) == [0, 1, 3]
+
+
+def _baseline_masks(monkeypatch, student, sparsity: float, **pruning):
+    """The masks the PTQ baseline (compress stage) sets in one shot, by weight name."""
+    from omegaconf import OmegaConf
+
+    from edgeasr.stages.compress import ptq_baseline
+
+    seen = {}
+    set_masks = Compression.set_masks
+
+    def spy(self, masks):
+        seen.update({t.name: m.clone() for t, m in zip(self.targets, masks)})
+        set_masks(self, masks)
+
+    monkeypatch.setattr(Compression, "set_masks", spy)
+    section = OmegaConf.create({"pruning": {"scope": "layer", "block": 1, "n_m": None, **pruning},
+                                "activations": {"enabled": False}})
+    ptq_baseline(student, 8, sparsity, section, dm=None)
+    return seen
+
+
+def test_ptq_baseline_masks_follow_the_gradual_pruning_rule(monkeypatch):
+    torch.manual_seed(0)
+    # every weight's inputs divisible by 4 (the transducer's 3x3 / 2-tap convolutions are not)
+    student = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 24))
+    weights = {n: p.detach() for n, p in student.named_parameters() if p.dim() >= 2}
+    # defaults (scope layer, block 1, no N:M): the per-layer magnitude mask, as before
+    masks = _baseline_masks(monkeypatch, student, 0.5)
+    assert set(masks) == set(weights)
+    for name, keep in masks.items():
+        assert torch.equal(keep, layer_mask(weights[name], 0.5)), name
+    glob = _baseline_masks(monkeypatch, student, 0.5, scope="global")
+    for name, keep in zip(weights, global_masks(list(weights.values()), 0.5)):
+        assert torch.equal(glob[name], keep), name
+    # n_m=[2, 4]: every group of 4 consecutive inputs keeps exactly 2, whatever the sparsity asked
+    for name, keep in _baseline_masks(monkeypatch, student, 0.3, n_m=[2, 4]).items():
+        assert torch.all(keep.reshape(keep.size(0), -1, 4).sum(-1) == 2), name
+    # block 4: blocks of 4 consecutive inputs are kept or pruned whole, each layer at the target
+    for name, keep in _baseline_masks(monkeypatch, student, 0.5, block=4).items():
+        blocks = keep.reshape(keep.size(0), -1, 4)
+        assert torch.all(blocks.all(-1) | (~blocks).all(-1)), name
+        assert 1 - keep.float().mean() == pytest.approx(0.5, abs=1e-6), name
+    with pytest.raises(ValueError, match="scope='layer'"):
+        _baseline_masks(monkeypatch, student, 0.5, scope="global", n_m=[2, 4])

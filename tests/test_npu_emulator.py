@@ -1,6 +1,7 @@
-"""NPU emulator (edgeasr.emulator.npu) on a tiny real student: exported, loaded into the integer
-runtime, streamed. Sparse vs dense speed-ups on the caricature profiles, the roofline bound as a
-property, calibration against the analytical cost model (cost.py), energy and utilization."""
+"""NPU emulator (edgeasr.emulator.npu, .modelspec, .streaming, .calibration) on a tiny real student:
+exported, loaded into the integer runtime, streamed. Sparse vs dense speed-ups on the caricature
+profiles, the roofline bound as a property, calibration against the analytical cost model (cost.py),
+energy and utilization."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import torch
 
 from conftest import TINY_STUDENT_CFG, quantized_tiny_student
 from edgeasr.compression import activation_spec, float_view
-from edgeasr.emulator import HwProfile, npu
+from edgeasr.emulator import HwProfile
+from edgeasr.emulator.calibration import calibrate, torch_twin, used_frames
 from edgeasr.emulator.cost import PLACEMENTS, LayerWork, roofline
+from edgeasr.emulator.modelspec import VARIANTS, ModelSpec, layer_of_tensor
+from edgeasr.emulator.npu import emulate
 from edgeasr.emulator.plot import roofline_figure
+from edgeasr.emulator.streaming import add_counts, stream_utterance
 
 HW_DIR = Path(__file__).resolve().parents[1] / "conf" / "hw"
 CFG = TINY_STUDENT_CFG
@@ -51,9 +56,9 @@ def student(tmp_path_factory):
         export_student(plain, meta, [f"t{i}" for i in range(48)], path, encoding=("dense", "bitmap"))
     container = read_container(path)
     rt = load_student(path, container)
-    spec = npu.ModelSpec.from_container(container)
+    spec = ModelSpec.from_container(container)
     feats = torch.randn(403, 80, generator=gen) * 3 + 10  # 4.03 s
-    trace = npu.stream_utterance(rt, spec, feats, CHUNK)
+    trace = stream_utterance(rt, spec, feats, CHUNK)
     return {"container": container, "rt": rt, "spec": spec, "feats": feats, "trace": trace}
 
 
@@ -64,7 +69,7 @@ def test_sparse_int8_is_at_least_1_8x_dense_int8_on_a_compute_bound_profile(stud
     spec, trace = student["spec"], student["trace"]
     prof = hw("compute_bound")
     assert abs(spec.sparsity - 0.5) < 0.01
-    res = {v: npu.emulate(trace, spec, prof, v) for v in npu.VARIANTS}
+    res = {v: emulate(trace, spec, prof, v) for v in VARIANTS}
     speedup = res["dense_int8"].latency_s / res["sparse_int8"].latency_s
     assert speedup >= 1.8
     assert speedup == pytest.approx(2.0, rel=1e-3)  # every weight MAC is skippable, nothing else binds
@@ -79,7 +84,7 @@ def test_sparse_int8_is_at_least_1_8x_dense_int8_on_a_compute_bound_profile(stud
 def test_memory_bound_time_ratio_equals_the_compressed_weight_bytes_ratio(student):
     spec, trace = student["spec"], student["trace"]
     prof = hw("memory_bound")
-    dense, sparse = (npu.emulate(trace, spec, prof, v) for v in ("dense_int8", "sparse_int8"))
+    dense, sparse = (emulate(trace, spec, prof, v) for v in ("dense_int8", "sparse_int8"))
     for d, s in zip(dense.report.layers, sparse.report.layers):
         assert d.name == s.name and d.bound == s.bound == "memory" and d.memory_level == s.memory_level == "flash"
         if d.kind != "embedding":  # an embedding reads only the rows it gathers (rounded up to bytes)
@@ -142,8 +147,8 @@ def test_no_layer_is_ever_faster_than_its_roofline_bound_on_the_runtime(student)
     rng = random.Random(1)
     for _ in range(40):
         prof = _random_profile(rng)
-        for variant in npu.VARIANTS:
-            res = npu.emulate(trace, spec, prof, variant, placement=rng.choice(["greedy", "model"]))
+        for variant in VARIANTS:
+            res = emulate(trace, spec, prof, variant, placement=rng.choice(["greedy", "model"]))
             for c in res.report.layers:
                 count = trace.total[c.name]
                 skip = variant == "sparse_int8" and prof.zero_skipping
@@ -161,7 +166,7 @@ def test_no_layer_is_ever_faster_than_its_roofline_bound_on_the_runtime(student)
 
 
 @pytest.mark.parametrize("profile", ["edge_npu", "memory_bound", "compute_bound", "tight_sram"])
-@pytest.mark.parametrize("variant", npu.VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_emulator_and_analytical_cost_model_agree_on_the_same_work(student, variant, profile):
     """transducer_latency (forward hooks on the PyTorch model of the same weights) and the emulator
     (the integer runtime's counts, driven with the same call pattern) give the same per-layer numbers."""
@@ -170,9 +175,9 @@ def test_emulator_and_analytical_cost_model_agree_on_the_same_work(student, vari
         prof = dataclasses.replace(hw("edge_npu"), sram_bytes=spec.stored_bytes(variant) // 3)
     else:
         prof = hw(profile)
-    twin = npu.torch_twin(student["container"])
-    feats = student["feats"][: npu.used_frames(403, 2)]  # the frames the streaming encoder consumes
-    emulated, analytic, diff = npu.calibrate(rt, spec, twin, prof, feats, num_tokens=7, variant=variant)
+    twin = torch_twin(student["container"])
+    feats = student["feats"][: used_frames(403, 2)]  # the frames the streaming encoder consumes
+    emulated, analytic, diff = calibrate(rt, spec, twin, prof, feats, num_tokens=7, variant=variant)
     assert diff["unmatched_layers"] == 0
     a = {c.name: c for c in analytic.layers}
     assert len(a) == len(emulated.layers) == len(spec.layers)
@@ -194,7 +199,7 @@ def test_emulator_and_analytical_cost_model_agree_on_the_same_work(student, vari
 def test_energy_and_utilization(student):
     spec, trace = student["spec"], student["trace"]
     prof = hw("edge_npu")
-    res = {v: npu.emulate(trace, spec, prof, v) for v in npu.VARIANTS}
+    res = {v: emulate(trace, spec, prof, v) for v in VARIANTS}
     e = prof.energy_pj
     for v, r in res.items():
         mac = e["mac_fp32"] if v == "fp32" else e["mac_int8"]
@@ -202,10 +207,10 @@ def test_energy_and_utilization(student):
         assert r.energy_j == pytest.approx(by_hand * 1e-12, rel=1e-12)
         assert 0 < r.utilization <= 1
     assert res["fp32"].energy_j > res["dense_int8"].energy_j > res["sparse_int8"].energy_j > 0
-    assert npu.emulate(trace, spec, hw("compute_bound"), "sparse_int8").utilization == pytest.approx(1.0, abs=1e-3)
-    assert npu.emulate(trace, spec, hw("memory_bound"), "sparse_int8").utilization < 0.01
+    assert emulate(trace, spec, hw("compute_bound"), "sparse_int8").utilization == pytest.approx(1.0, abs=1e-3)
+    assert emulate(trace, spec, hw("memory_bound"), "sparse_int8").utilization < 0.01
     no_energy = dataclasses.replace(prof, energy_pj={})
-    assert npu.emulate(trace, spec, no_energy, "sparse_int8").energy_j is None
+    assert emulate(trace, spec, no_energy, "sparse_int8").energy_j is None
 
 
 def test_streaming_trace_decodes_like_offline_and_its_chunks_add_up(student):
@@ -217,7 +222,7 @@ def test_streaming_trace_decodes_like_offline_and_its_chunks_add_up(student):
     assert trace.encoder_frames == int(lens[0]) and len(trace.chunks) == math.ceil(403 / CHUNK)
     summed: dict = {}
     for ch in trace.chunks:
-        summed = npu.add_counts(summed, ch.counts)
+        summed = add_counts(summed, ch.counts)
     assert summed == trace.total
     runs = sum(1 for ch in trace.chunks if "encoder.output" in ch.counts)
     assert trace.total["encoder.lstms.0"].passes == trace.total["encoder.norms.0"].passes == runs
@@ -230,10 +235,10 @@ def test_streaming_trace_decodes_like_offline_and_its_chunks_add_up(student):
 
 def test_end_of_speech_latency_includes_the_backlog_when_slower_than_real_time(student):
     spec, trace = student["spec"], student["trace"]
-    fast = npu.emulate(trace, spec, hw("edge_npu"), "sparse_int8")
+    fast = emulate(trace, spec, hw("edge_npu"), "sparse_int8")
     assert fast.rtf < 0.1 and fast.eos_latency_s == pytest.approx(fast.chunk_s[-1], abs=1e-12)
     slow_hw = dataclasses.replace(hw("compute_bound"), macs_per_cycle=1, clock_hz=2e5)
-    slow = npu.emulate(trace, spec, slow_hw, "sparse_int8")
+    slow = emulate(trace, spec, slow_hw, "sparse_int8")
     assert slow.rtf > 1  # every chunk takes longer than its audio: work queues up
     first = trace.chunks[0].end_frame * trace.frame_shift_s
     assert slow.eos_latency_s == pytest.approx(first + sum(slow.chunk_s) - trace.duration_s, rel=1e-9)
@@ -245,7 +250,7 @@ def test_model_spec_bytes_per_variant(student):
     spec, c = student["spec"], student["container"]
     assert set(spec.encodings) <= {"dense", "bitmap"}
     for name, rec in c.tensors.items():
-        ls = spec.layers[npu.layer_of_tensor(name)]
+        ls = spec.layers[layer_of_tensor(name)]
         assert name in ls.tensors
     w = c.tensors["encoder.lstms.0.weight_ih_l0"]
     assert record_nbytes(w) < w.values.size  # compressed below one byte per weight
@@ -274,7 +279,7 @@ def test_energy_constants_in_every_profile_are_validated():
 def test_roofline_figure_has_roofs_and_points(student, tmp_path):
     spec, trace = student["spec"], student["trace"]
     prof = hw("edge_npu")
-    reports = {v: npu.emulate(trace, spec, prof, v).report for v in npu.VARIANTS}
+    reports = {v: emulate(trace, spec, prof, v).report for v in VARIANTS}
     fig = roofline_figure(reports, prof)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and len(ax.collections) == 3  # one scatter per variant
@@ -286,10 +291,10 @@ def test_roofline_figure_has_roofs_and_points(student, tmp_path):
 def test_a_chunk_too_short_for_an_encoder_frame_costs_only_what_ran(student):
     """Chunks that complete no encoder frame run nothing on the encoder (its layers are absent)."""
     spec, rt, feats = student["spec"], student["rt"], student["feats"]
-    trace = npu.stream_utterance(rt, spec, feats[:60], 5)  # 5 frames a chunk: most chunks emit nothing
+    trace = stream_utterance(rt, spec, feats[:60], 5)  # 5 frames a chunk: most chunks emit nothing
     idle = [ch for ch in trace.chunks if "encoder.output" not in ch.counts]
     assert idle and all(not any(k.startswith("encoder.") for k in ch.counts) for ch in idle)
-    res = npu.emulate(trace, spec, hw("edge_npu"), "sparse_int8")
+    res = emulate(trace, spec, hw("edge_npu"), "sparse_int8")
     assert len(res.chunk_s) == len(trace.chunks) and sum(res.chunk_s) >= res.latency_s * (1 - 1e-12)
 
 
@@ -303,7 +308,7 @@ def test_a_header_without_its_compression_spec_is_refused_not_defaulted(student,
     c = student["container"]
     bare = dataclasses.replace(c, header={k: v for k, v in c.header.items() if k not in ("bits", "activation_quant")})
     with pytest.raises(SpecError, match="the NPU emulator needs a compressed model"):
-        npu.ModelSpec.from_container(bare)
+        ModelSpec.from_container(bare)
     overclaimed = tmp_path / "overclaimed.edgeasr"
     write_container(overclaimed, {**c.header, "sparsity": 0.9}, c.tensors)
     with pytest.raises(ExportFormatError, match=r"overclaimed.edgeasr: the weights are 0\.\d+ sparse.*target is 0.9"):

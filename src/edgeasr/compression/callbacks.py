@@ -4,10 +4,12 @@ the masks and the fake quantizer but no longer changes them)."""
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.pyplot as plt  # already imported by pytorch_lightning: no extra cost
 import pytorch_lightning as pl
 import torch
 
-from .prune import cubic_sparsity, global_masks, layer_mask
+from .prune import check_scope, cubic_sparsity, prune_masks
 from .quant import acos_penalty, grid_distance
 from .wrap import Compression
 
@@ -22,12 +24,9 @@ class GradualPruning(pl.Callback):
 
     def __init__(self, comp: Compression, final: float = 0.5, initial: float = 0.0, start: int = 0, end: int = 1000,
                  update_every: int = 50, scope: str = "layer", block: int = 1, n_m: tuple[int, int] | None = None):
-        if scope not in ("layer", "global"):
-            raise ValueError(f"pruning scope must be 'layer' or 'global', got {scope!r}")
+        check_scope(scope, block, n_m)
         if not 0.0 <= initial <= final < 1.0:
             raise ValueError(f"need 0 <= initial ({initial}) <= final ({final}) < 1")
-        if scope == "global" and (block > 1 or n_m):
-            raise ValueError("block / N:M structure needs scope='layer'")
         self.comp, self.final, self.initial = comp, final, initial
         self.start, self.end, self.update_every = start, end, max(1, update_every)
         self.scope, self.block, self.n_m = scope, block, tuple(n_m) if n_m else None
@@ -38,11 +37,7 @@ class GradualPruning(pl.Callback):
 
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
-        weights = [t.effective() for t in self.comp.targets]
-        if self.scope == "global":
-            masks = global_masks(weights, sparsity)
-        else:
-            masks = [layer_mask(w, sparsity, self.block, self.n_m) for w in weights]
+        masks = prune_masks([t.effective() for t in self.comp.targets], sparsity, self.scope, self.block, self.n_m)
         # never revive a pruned weight (its effective magnitude is 0, so it sorts first anyway)
         self.comp.set_masks([m & t.mask for m, t in zip(masks, self.comp.targets)])
 
@@ -58,11 +53,7 @@ class GradualPruning(pl.Callback):
         pl_module.log_dict({"compress/sparsity_target": target, "compress/sparsity": measured})
 
     def figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")  # process-wide: switched only when a figure is drawn
         fig, ax = plt.subplots(figsize=(5, 3.2))
         steps = list(range(0, max(self.end, 1) + max(1, self.end // 10)))
         ax.plot(steps, [self.target(s) for s in steps], label="cubic schedule")

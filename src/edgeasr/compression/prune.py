@@ -2,7 +2,8 @@
 
 ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3`` inside the window ``[t0, t1]``; masks are
 recomputed every ``update_every`` steps from the magnitudes of the currently *masked* weights, so a
-pruned weight never comes back and sparsity only grows.
+pruned weight never comes back and sparsity only grows. :func:`prune_masks` is the mask rule (scope,
+block, N:M) both the gradual schedule and the one-shot PTQ baseline apply.
 """
 
 from __future__ import annotations
@@ -67,3 +68,25 @@ def global_masks(weights: Sequence[torch.Tensor], sparsity: float) -> list[torch
         out.append(keep[i : i + w.numel()].reshape(w.shape))
         i += w.numel()
     return out
+
+
+SCOPES = ("layer", "global")
+
+
+def check_scope(scope: str, block: int = 1, n_m: tuple[int, int] | None = None) -> None:
+    """Reject a scope :func:`prune_masks` does not know, and structure (block / N:M) without ``layer``."""
+    if scope not in SCOPES:
+        raise ValueError(f"pruning scope must be 'layer' or 'global', got {scope!r}")
+    if scope == "global" and (block > 1 or n_m):
+        raise ValueError("block / N:M structure needs scope='layer'")
+
+
+def prune_masks(weights: Sequence[torch.Tensor], sparsity: float, scope: str = "layer", block: int = 1,
+                n_m: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """Keep-masks of ``weights`` at ``sparsity``: ``scope="global"``: one threshold over all of them
+    (:func:`global_masks`); ``"layer"``: each at the target, with the ``block`` / ``n_m`` structure of
+    :func:`layer_mask`."""
+    check_scope(scope, block, n_m)
+    if scope == "global":
+        return global_masks(weights, sparsity)
+    return [layer_mask(w, sparsity, block, n_m) for w in weights]

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
 _REQUIRED = ("name", "macs_per_cycle", "clock_hz", "zero_skipping", "sram_bytes", "bandwidth_bytes_per_s")
 _OPTIONAL = ("energy_pj",)
 _LEVELS = ("sram", "flash")
@@ -57,13 +60,8 @@ class HwProfile:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HwProfile:
         """From a mapping shaped like conf/hw/*.yaml (a dict or an OmegaConf DictConfig such as cfg.hw)."""
-        try:  # resolve interpolations; plain dicts pass through
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
+        if isinstance(cfg, DictConfig):  # resolve interpolations; plain dicts pass through
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         cfg = dict(cfg)
         missing = [k for k in _REQUIRED if k not in cfg]
         unknown = sorted(set(cfg) - set(_REQUIRED) - set(_OPTIONAL))
@@ -82,8 +80,6 @@ class HwProfile:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HwProfile:
-        import yaml
-
         return cls.from_cfg(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 
 

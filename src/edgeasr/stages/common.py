@@ -11,7 +11,19 @@ import logging
 import shutil
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+
+from edgeasr.compression.actquant import float_view
+from edgeasr.data.datamodule import AsrDataModule
+from edgeasr.evaluation import evaluate_splits, model_metrics
+from edgeasr.models import build_transducer
+from edgeasr.tracking import tracking_uri
+from edgeasr.training import TransducerLitModule
+from edgeasr.training.callbacks import LearningCurve, Throughput
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +62,9 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
 
     Returns ``(model, datamodule, learning_curve, throughput, trainer)``; the model holds the best
     (by ``val/wer``) weights."""
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    from edgeasr.models import build_transducer
-    from edgeasr.tracking import tracking_uri
-    from edgeasr.training.callbacks import LearningCurve, Throughput
-
+    # Not only open_stage's job: under strategy=ddp Lightning's launcher sets torch's threads to
+    # cpus / processes during a fit (and exports OMP_NUM_THREADS), so without this a second training
+    # in one stage (distill: the baseline, then the student) would run at the launcher's count.
     torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = datamodule if datamodule is not None else stage_datamodule(cfg, section)
@@ -100,8 +106,6 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
 
 def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
     """The DataModule over the prepare stage's manifests with the section's batching."""
-    from edgeasr.data.datamodule import AsrDataModule
-
     prep = Path(cfg.paths.data_dir) / "prepare"
     return (cls or AsrDataModule)(prep / "manifests", prep / "tokenizer" / "bpe.model",
                                   train_splits=list(section.train_splits), max_duration=section.batch_max_duration,
@@ -113,8 +117,6 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
 def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
     """``cls`` (default :class:`TransducerLitModule`) with the section's optimizer, schedule and
     SpecAugment; ``kwargs`` go to ``cls`` (e.g. ``best_after_step``, distillation weights)."""
-    from edgeasr.training import TransducerLitModule
-
     return (cls or TransducerLitModule)(
         model, dm.tokenizer.decode, section.optimizer, {**section.scheduler, "total_steps": int(section.max_steps)},
         OmegaConf.to_container(section.specaug) if section.specaug else None, **kwargs)
@@ -123,9 +125,6 @@ def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
 def report_model(cfg: DictConfig, model, dm, section: DictConfig, results: Path, bits: int = 32) -> tuple[dict, object]:
     """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
     ``(metrics, cost_report)``."""
-    from edgeasr.compression.actquant import float_view
-    from edgeasr.evaluation import evaluate_splits, model_metrics
-
     dec = section.decoding
     metrics = evaluate_splits(model, dm, section.eval_splits, results, dec.method, dec.beam, int(dec.max_sym_per_frame))
     # The MAC profiler hooks nn.LSTM calls, which the activation-quantized encoder replaces by its own loop.

@@ -2,7 +2,8 @@
 gradual magnitude pruning of the distilled student (``data/distill/model.pt``).
 
 * Baseline (``baseline``): post-training quantization + one-shot magnitude pruning of the same
-  student at the same bits and sparsity, no training: ``ptq/wer/<split>``.
+  student at the same bits, sparsity and mask rule (``pruning.scope``, ``block``, ``n_m``), no
+  training: ``ptq/wer/<split>``.
 * QAT: fake-quantized weights (STE) from step 0, the regularizer ramping in, the cubic pruning
   schedule over ``pruning.start_step .. end_step``; then fine-tuning at the final masks.
 
@@ -22,6 +23,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from edgeasr.compression import (Compression, activation_spec, attach_activation_quant, calibrate, float_view,
+                                 is_quantized, prune_masks, quant_points)
+from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
+from edgeasr.models.io import load_model, save_model
+from edgeasr.quantspec import CompressionSpec
+
 from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
 from .prologue import open_stage
 
@@ -33,8 +40,6 @@ STAGE = "compress"
 def attach_activations(model, section: DictConfig, dm) -> None:
     """Activation fake-quant at the integer runtime's requantization points, calibrated on the
     first ``calibration_batches`` training batches (a fixed, seeded slice)."""
-    from edgeasr.compression import attach_activation_quant, calibrate
-
     act = section.activations
     attach_activation_quant(model, bits=int(act.bits), residual_bits=int(act.residual_bits),
                             momentum=float(act.momentum))
@@ -43,15 +48,19 @@ def attach_activations(model, section: DictConfig, dm) -> None:
     calibrate(model, batches)
 
 
-def ptq_baseline(student, bits: int, sparsity: float, scope: str, section: DictConfig, dm):
-    """PTQ + one-shot magnitude pruning (+ calibrated activation quantization): a compressed copy
-    of ``student``, no training."""
-    from edgeasr.compression import Compression, global_masks, layer_mask
+def pruning_structure(pr: DictConfig) -> dict:
+    """``compress.pruning``'s mask rule (scope, block, N:M) as :func:`prune_masks` and
+    :class:`GradualPruning` take it."""
+    return {"scope": str(pr.scope), "block": int(pr.block), "n_m": tuple(pr.n_m) if pr.n_m else None}
 
+
+def ptq_baseline(student, bits: int, sparsity: float, section: DictConfig, dm):
+    """PTQ + one-shot magnitude pruning (+ calibrated activation quantization): a compressed copy
+    of ``student``, no training. The masks follow the same rule as the gradual pruning
+    (``section.pruning``: scope, block, N:M), in one shot at ``sparsity``."""
     model = copy.deepcopy(student)
     comp = Compression(model, bits=bits)
-    weights = [t.effective() for t in comp.targets]
-    comp.set_masks(global_masks(weights, sparsity) if scope == "global" else [layer_mask(w, sparsity) for w in weights])
+    comp.set_masks(prune_masks([t.effective() for t in comp.targets], sparsity, **pruning_structure(section.pruning)))
     comp.materialize()
     if section.activations.enabled:
         attach_activations(model, section, dm)
@@ -60,11 +69,6 @@ def ptq_baseline(student, bits: int, sparsity: float, scope: str, section: DictC
 
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (a sweep), which then holds the outputs."""
-    from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, quant_points
-    from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
-    from edgeasr.models.io import load_model, save_model
-    from edgeasr.quantspec import CompressionSpec
-
     section = cfg[STAGE]
     bits, sparsity = int(section.bits), float(section.sparsity)
     pr = section.pruning
@@ -80,7 +84,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         fp32_metrics, _ = report_model(cfg, student, dm, section, results / "fp32", bits=32)
         metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
         if section.baseline:
-            ptq = ptq_baseline(student, bits, sparsity, str(pr.scope), section, dm)
+            ptq = ptq_baseline(student, bits, sparsity, section, dm)
             ptq_metrics, _ = report_model(cfg, ptq, dm, section, results / "ptq", bits=bits)
             metrics.update({f"ptq/{k}": v for k, v in ptq_metrics.items() if k.startswith("wer") or k == "sparsity"})
             del ptq
@@ -90,8 +94,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         if section.activations.enabled:
             attach_activations(model, section, dm)
         pruning = GradualPruning(comp, final=sparsity, initial=float(pr.initial), start=int(pr.start_step),
-                                 end=int(pr.end_step), update_every=int(pr.update_every), scope=str(pr.scope),
-                                 block=int(pr.block), n_m=tuple(pr.n_m) if pr.n_m else None)
+                                 end=int(pr.end_step), update_every=int(pr.update_every), **pruning_structure(pr))
         reg = section.regularizer
         regularizer = QuantRegularizer(comp, weight=float(reg.weight), start=int(reg.start_step),
                                        ramp_steps=int(reg.ramp_steps))

@@ -29,7 +29,17 @@ import math
 import time
 from pathlib import Path
 
+import torch
+from lhotse import CutSet, SupervisionSet
+from lhotse.utils import fastcopy
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+
+from edgeasr.data.datamodule import DistillDataModule
+from edgeasr.decoding import modified_beam_search
+from edgeasr.metrics import WerAccumulator
+from edgeasr.models.io import load_model, save_model
+from edgeasr.training.distill import DistillLitModule, teacher_targets
 
 from .common import default_lit, finish_stage, log_training, report_model, stage_datamodule, train_transducer
 from .prologue import open_stage
@@ -48,14 +58,6 @@ def pseudo_label(teacher, dm, cuts, beam: int, min_confidence: float, max_durati
     ``min_confidence`` are dropped and counted. ``scoring`` (supervision id -> transcript) gives
     the pseudo-label WER, over all cuts and over the kept ones.
     """
-    import torch
-    from lhotse import CutSet
-    from lhotse.utils import fastcopy
-    from rich.progress import Progress
-
-    from edgeasr.decoding import modified_beam_search
-    from edgeasr.metrics import WerAccumulator
-
     teacher.eval()
     by_id = {c.id: c for c in cuts}
     kept, acc_all, acc_kept = [], WerAccumulator(), WerAccumulator()
@@ -103,16 +105,10 @@ def _scoring_transcripts(prep: Path) -> dict[str, str] | None:
     path = prep / "scoring" / "supervisions_unlabeled.jsonl.gz"
     if not path.is_file():
         return None
-    from lhotse import SupervisionSet
-
     return {s.id: s.text for s in SupervisionSet.from_file(path) if s.text}
 
 
 def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occupancy: bool):
-    from rich.progress import Progress
-
-    from edgeasr.training.distill import teacher_targets
-
     total = sum(c.duration for c in cuts)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("teacher targets", total=total)
@@ -121,12 +117,6 @@ def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occ
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from lhotse import CutSet
-
-    from edgeasr.data.datamodule import DistillDataModule
-    from edgeasr.models.io import load_model, save_model
-    from edgeasr.training.distill import DistillLitModule
-
     section = cfg[STAGE]
     progress = bool(cfg.trainer.get("progress", True))
 

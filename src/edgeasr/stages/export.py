@@ -13,8 +13,20 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
+from edgeasr.compression import float_view, restore_fake_quant
+from edgeasr.data.tokenizer import Tokenizer
+from edgeasr.evaluation import add_test_totals, decode_loader, model_metrics, wer_metrics
+from edgeasr.export import read_container
+from edgeasr.export.sherpa import check_fp32_zeros, check_int8_zeros, export_sherpa_bundles
+from edgeasr.export.student import export_student
+from edgeasr.models.io import load_model
+from edgeasr.quantspec import read_spec
+from edgeasr.runtime import load_student, tokens_to_text
+
+from .common import stage_datamodule
 from .prologue import open_stage
 
 log = logging.getLogger(__name__)
@@ -23,19 +35,6 @@ STAGE = "export"
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    import torch
-
-    from edgeasr.compression import float_view, restore_fake_quant
-    from edgeasr.data.tokenizer import Tokenizer
-    from edgeasr.evaluation import add_test_totals, decode_loader, model_metrics, wer_metrics
-    from edgeasr.export import read_container
-    from edgeasr.export.student import export_student
-    from edgeasr.models.io import load_model
-    from edgeasr.quantspec import read_spec
-    from edgeasr.runtime import load_student, tokens_to_text
-
-    from .common import stage_datamodule
-
     section = cfg[STAGE]
 
     with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
@@ -115,8 +114,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def sherpa_bundles(model, tokenizer_dir: Path, out: Path, sc) -> dict[str, float]:
     """sherpa-onnx offline + streaming bundles (fp32 and ONNX Runtime int8) of the float student
     with the compressed weights; checks that every pruned weight is still exactly zero in them."""
-    from edgeasr.export.sherpa import check_fp32_zeros, check_int8_zeros, export_sherpa_bundles
-
     bundles = export_sherpa_bundles(model, tokenizer_dir, out, chunk_frames=int(sc.chunk_frames), int8=bool(sc.int8))
     metrics: dict[str, float] = {}
     for mode, b in bundles.items():
@@ -136,8 +133,6 @@ def sherpa_bundles(model, tokenizer_dir: Path, out: Path, sc) -> dict[str, float
 def logit_gap(fq_model, rt, batch) -> float:
     """Largest |logit| difference between the fake-quantized model and the integer runtime over
     every frame of ``batch`` with the empty-history predictor output (relative to the logit range)."""
-    import torch
-
     with torch.no_grad():
         enc, lens = fq_model.encode(batch["features"], batch["feature_lens"])
         pred, _ = fq_model.predictor.init_decoder(enc.size(0))

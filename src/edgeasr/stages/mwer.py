@@ -28,7 +28,15 @@ import hashlib
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+from edgeasr.compression import (Compression, activation_spec, float_view, is_quantized, restore_fake_quant,
+                                 weight_targets)
+from edgeasr.models.io import load_model, save_model
+from edgeasr.quantspec import read_spec
+from edgeasr.quantspec.levels import channel_scale
+from edgeasr.training.mwer import MwerLitModule
 
 from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
 from .prologue import open_stage
@@ -46,10 +54,6 @@ def keep_kept_weights_nonzero(comp) -> int:
     the sparsity pattern would silently change. One grid step is the smallest representable change
     that keeps the bitmap the compress stage produced. Returns how many weights moved.
     """
-    import torch
-
-    from edgeasr.quantspec.levels import channel_scale
-
     moved = 0
     with torch.no_grad():
         for t in comp.targets:
@@ -64,15 +68,11 @@ def keep_kept_weights_nonzero(comp) -> int:
     return moved
 
 
-def check_compression(model, zero_masks: dict[str, "torch.Tensor"], spec, activations=None) -> None:  # noqa: F821
+def check_compression(model, zero_masks: dict[str, torch.Tensor], spec, activations=None) -> None:
     """Raise ``RuntimeError`` unless every compressed weight of ``model`` has exactly the zeros in
     ``zero_masks`` (name -> bool, True = pruned) and lies on ``spec``'s per-channel grid
     (:class:`~edgeasr.quantspec.CompressionSpec`), and ``activations`` (the trained model's
     :func:`~edgeasr.compression.activation_spec`, when it has them) are still the spec's."""
-    import torch
-
-    from edgeasr.quantspec.levels import channel_scale
-
     bits = spec.bits
     if activations != spec.activations:
         raise RuntimeError("mwer changed the activation quantization: its frozen points differ from the compression spec")
@@ -92,13 +92,6 @@ def check_compression(model, zero_masks: dict[str, "torch.Tensor"], spec, activa
 
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (a sweep), which then holds the outputs."""
-    import torch
-
-    from edgeasr.compression import Compression, activation_spec, float_view, is_quantized, restore_fake_quant, weight_targets
-    from edgeasr.models.io import load_model, save_model
-    from edgeasr.quantspec import read_spec
-    from edgeasr.training.mwer import MwerLitModule
-
     section = cfg[STAGE]
 
     with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:

@@ -36,9 +36,18 @@ import json
 import logging
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+from lhotse import CutSet
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from edgeasr import reference as refmod
+from edgeasr.data.cleaning import normalize_transcript
+from edgeasr.metrics import WerAccumulator
+from edgeasr.reference import SAMPLE_RATE
 
 from .prologue import open_stage
 
@@ -58,10 +67,6 @@ def pick(cuts: list, n: int | None) -> list:
 
 def mono_16k(cut):
     """The cut's audio as a 1-D float32 array at 16 kHz (channels averaged)."""
-    import numpy as np
-
-    from edgeasr.reference import SAMPLE_RATE
-
     if cut.sampling_rate != SAMPLE_RATE:
         cut = cut.resample(SAMPLE_RATE)
     audio = np.asarray(cut.load_audio(), dtype=np.float32)
@@ -70,8 +75,6 @@ def mono_16k(cut):
 
 def decode_split(rec, cuts: list, progress: bool, desc: str) -> tuple[list[dict], float, float]:
     """Whisper's text for each cut; returns (rows, decode wall seconds, decode CPU seconds)."""
-    from tqdm import tqdm
-
     rows = []
     wall = cpu = 0.0
     for cut in tqdm(cuts, desc=desc, unit="utt", disable=not progress, file=sys.stderr, dynamic_ncols=True):
@@ -87,25 +90,19 @@ def decode_split(rec, cuts: list, progress: bool, desc: str) -> tuple[list[dict]
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from lhotse import CutSet
-
-    from edgeasr.data.cleaning import normalize_transcript
-    from edgeasr.metrics import WerAccumulator
-
     section = cfg[STAGE]
     text_norm = str(cfg.data.get("text_normalization", "basic"))
 
     # fresh results: a rerun (or a skip) never leaves another run's files behind
     with open_stage(STAGE, cfg, fresh="results") as stage:
         data_dir, results, tracker = stage.data_dir, stage.results, stage.tracker
-        from edgeasr import reference as refmod
 
         def load():
             # Whisper's temperature fallback samples. CTranslate2 seeds each worker thread's generator
             # from the global seed when the thread first samples, so a model loaded right after
             # set_random_seed decodes reproducibly; one fresh model per split keeps a split's text
             # independent of the splits decoded before it.
-            import ctranslate2
+            import ctranslate2  # optional: the `reference` extra (faster-whisper's engine)
 
             ctranslate2.set_random_seed(int(cfg.seed))
             return refmod.load_recognizer(
@@ -198,8 +195,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _versions(packages: list[str]) -> dict[str, str | None]:
-    from importlib import metadata
-
     out = {}
     for p in packages:
         try:

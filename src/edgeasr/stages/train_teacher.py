@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from edgeasr.models.io import save_model
+
 from .common import finish_stage, report_model, train_transducer
 from .prologue import open_stage
 
@@ -23,8 +25,6 @@ STAGE = "train_teacher"
 
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (the convergence harness), which then holds the outputs."""
-    from edgeasr.models.io import save_model
-
     section = cfg[STAGE]
     with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
         out, results, tracker = stage.out, stage.results, stage.tracker

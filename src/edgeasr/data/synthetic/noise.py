@@ -1,7 +1,7 @@
 """Synthetic room impulse responses and background noises for reverberation/noise augmentation.
 
 Each item has its own random stream (seed, kind, index), so asking for more items never changes the
-earlier ones. Babble is synthesised by eSpeak in freshly forked processes (see corpus.py) so that
+earlier ones. Babble is synthesised by eSpeak in freshly forked processes (see workers.py) so that
 it is deterministic.
 """
 
@@ -16,7 +16,8 @@ import soundfile as sf
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
 from . import tts
-from .corpus import common_generator, derive_rng, run_fresh, worker_pool
+from .corpus import common_generator, derive_rng
+from .workers import run_fresh, worker_pool
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "fan")
 
