@@ -9,7 +9,7 @@ import math
 import struct
 import subprocess
 import sys
-import time
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -78,17 +78,13 @@ def test_bitpack_rejects_bad_streams():
         pack_bits(np.array([8]), 3)
 
 
-def test_codec_throughput_1m_weights():
-    """8 bits x 1 M weights: each encoding encodes and decodes in well under a second."""
+def test_codec_roundtrip_1m_weights():
+    """8 bits x 1 M weights round-trip in every encoding (speed: benchmarks/export_size.py)."""
     rng = np.random.default_rng(0)
     q = random_levels(rng, (1_000_000,), 8, 0.5)
     for enc in ENCODINGS:
-        t = time.perf_counter()
         used, payload = encode_levels(q, 8, enc)
-        back = decode_levels(payload, q.size, 8, used)
-        dt = time.perf_counter() - t
-        assert np.array_equal(back, q)
-        assert dt < 1.0, f"{enc}: {dt:.2f} s for 1 M weights"
+        assert np.array_equal(decode_levels(payload, q.size, 8, used), q), enc
 
 
 # --------------------------------------------------------------------------- round trips
@@ -436,9 +432,14 @@ def test_hostile_lengths_never_allocate_or_crash(student_file):
         if nd:
             cases.append(dict(dims=[e.shape[0] + 1] + list(e.shape[1:])))
         for patch in cases:
-            t = time.perf_counter()
-            _must_reject(_patch_entry(data, i, **dict(patch)), f"{name} {patch}")
-            assert time.perf_counter() - t < 0.5, (name, patch)
+            # a reader that trusted a hostile length would allocate it: bound the peak, not the time
+            tracemalloc.start()
+            try:
+                _must_reject(_patch_entry(data, i, **dict(patch)), f"{name} {patch}")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 16 * len(data) + (1 << 20), (name, patch, peak)
     # preamble fields
     for off, fmt, val in [(24, "<I", 2**32 - 1), (28, "<I", 2**32 - 1), (32, "<I", 2**32 - 1), (12, "<I", 2**31),
                           (12, "<I", 40), (36, "<I", 1), (32, "<I", 0)]:
