@@ -142,6 +142,7 @@ def test_distill_batches_mix_labeled_and_pseudo_audio_at_the_ratio(tiny_prepared
 
 @pytest.mark.slow
 def test_tiny_distill_stage_reports_student_baseline_and_pseudo_wer(tiny_prepared, tmp_path, monkeypatch):
+    """Run as a Hydra multirun job would: everything it writes lands in the job's folder."""
     from mlflow.tracking import MlflowClient
 
     from edgeasr.stages import distill, train_teacher
@@ -152,17 +153,19 @@ def test_tiny_distill_stage_reports_student_baseline_and_pseudo_wer(tiny_prepare
     cfg = compose(["experiment=tiny", "trainer.progress=false"])
     train_teacher.run(cfg)
     t0 = time.perf_counter()
-    metrics = distill.run(cfg)
+    job = tmp_path / "multirun" / "0"
+    metrics = distill.run(cfg, job_dir=job)
     elapsed = time.perf_counter() - t0
-    report = json.loads((tmp_path / "reports/distill.json").read_text())
+    assert not (tmp_path / "data/distill").exists() and not (tmp_path / "reports/distill.json").exists()
+    report = json.loads((job / "reports/distill.json").read_text())
     assert report == pytest.approx(metrics)
     for key in ("wer/test", "baseline/wer/test", "pseudo/wer", "sparsity", "size_bytes", "emulated_latency_ms",
                 "teacher_targets_s", "wer_ratio_to_teacher"):
         assert key in report, key
     assert report["pseudo/kept"] + report["pseudo/dropped_empty"] + report["pseudo/dropped_low_confidence"] == \
         len(__import__("lhotse").CutSet.from_file(tmp_path / "data/prepare/manifests/cuts_unlabeled.jsonl.gz"))
-    assert (tmp_path / "data/distill/model.pt").is_file()
-    assert (tmp_path / "data/distill/results/baseline/errs-test.txt").is_file()
+    assert (job / "data/distill/model.pt").is_file()
+    assert (job / "data/distill/results/baseline/errs-test.txt").is_file()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])}
     assert {"distill", "distill/baseline"} <= set(runs)

@@ -116,7 +116,7 @@ def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occ
                                occupancy=occupancy)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     section = cfg[STAGE]
     progress = bool(cfg.trainer.get("progress", True))
 
@@ -127,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return lambda m, d, sec: default_lit(m, d, sec, cls=DistillLitModule, kd_weight=kd_weight,
                                              kd_delay=int(sec.kd_delay))
 
-    with open_stage(STAGE, cfg, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         teacher_path = data_dir / "train_teacher" / "model.pt"
         teacher, _ = load_model(teacher_path)

@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 STAGE = "export"
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     section = cfg[STAGE]
 
-    with open_stage(STAGE, cfg, threads=section.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=section.num_threads) as stage:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / str(section.source) / "model.pt"
         model, meta = load_model(src)

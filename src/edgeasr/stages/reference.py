@@ -89,12 +89,12 @@ def decode_split(rec, cuts: list, progress: bool, desc: str) -> tuple[list[dict]
     return rows, wall, cpu
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     section = cfg[STAGE]
     text_norm = str(cfg.data.get("text_normalization", "basic"))
 
     # fresh results: a rerun (or a skip) never leaves another run's files behind
-    with open_stage(STAGE, cfg, fresh="results") as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, fresh="results") as stage:
         data_dir, results, tracker = stage.data_dir, stage.results, stage.tracker
 
         def load():
