@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+from edgeasr.models.io import load_model, save_model
 from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.models import (
     ConformerEncoder,
@@ -226,3 +229,16 @@ def test_build_transducer_rejects_unknown_types():
     cfg["predictor"]["type"] = "rnn"
     with pytest.raises(ValueError, match="predictor.type"):
         build_transducer(cfg)
+
+
+def test_save_model_never_writes_through_a_hardlink(tmp_path):
+    """DVC's hardlink cache: rewriting an output must leave the cache's copy (the other link) intact."""
+    cfg = tiny_cfg()
+    out, cached = tmp_path / "model.pt", tmp_path / "cache_object"
+    save_model(out, build_transducer(cfg), cfg, {"step": 1})
+    os.link(out, cached)
+    before = cached.read_bytes()
+    torch.manual_seed(1)
+    save_model(out, build_transducer(cfg), cfg, {"step": 2})
+    assert cached.read_bytes() == before
+    assert load_model(out)[1]["step"] == 2 and load_model(cached)[1]["step"] == 1

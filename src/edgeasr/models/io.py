@@ -6,6 +6,7 @@ architecture without reading the config that trained it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,8 +25,12 @@ def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any],
     cfg = OmegaConf.to_container(OmegaConf.create(dict(model_cfg)), resolve=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A new file renamed into place: the old one may be a hardlink into DVC's cache (cache.type
+    # hardlink), which writing through it in place would corrupt (root ignores its read-only mode).
+    tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"format": FORMAT, "version": VERSION, "model_cfg": cfg,
-                "state_dict": model.state_dict(), "meta": dict(meta or {})}, path)
+                "state_dict": model.state_dict(), "meta": dict(meta or {})}, tmp)
+    os.replace(tmp, path)
     return path
 
 
