@@ -27,10 +27,14 @@ def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     # A new file renamed into place: the old one may be a hardlink into DVC's cache (cache.type
     # hardlink), which writing through it in place would corrupt (root ignores its read-only mode).
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, "model_cfg": cfg,
-                "state_dict": model.state_dict(), "meta": dict(meta or {})}, tmp)
-    os.replace(tmp, path)
+    # (the same temp-and-rename as export.write_container and tracking.write_report)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, "model_cfg": cfg,
+                    "state_dict": model.state_dict(), "meta": dict(meta or {})}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
