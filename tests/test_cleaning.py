@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import soundfile as sf
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
+from edgeasr.data import cleaning, sources
 from edgeasr.data.cleaning import REASONS, FilterLog, clean_split, filter_by_tokens, normalize_transcript
+from edgeasr.data.manifest_guard import PathOutsideCorpusError, UnsafeManifestError, check_recordings
 from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -96,3 +98,81 @@ def test_subsampling_formula():
 def test_missing_tokenizer_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare"):
         Tokenizer(tmp_path / "nope.model")
+
+
+def test_durations_are_filtered_from_the_header_before_any_decode(tmp_path, monkeypatch):
+    """Issue 15.5: a huge file is dropped as too_long without its full decode (memory)."""
+    decoded = []
+    real = cleaning._readable
+    monkeypatch.setattr(cleaning, "_readable", lambda rec: decoded.append(rec.id) or real(rec))
+    ok, huge = _wav(tmp_path / "ok.wav"), _wav(tmp_path / "huge.wav", seconds=3.0)
+    recs, sups = _manifests([("ok", ok, "fine"), ("huge", huge, "far too long")])
+    with open(huge, "r+b") as f:  # the header still says 3 s; the samples are gone
+        f.truncate(100)
+    flog = FilterLog()
+    cuts = clean_split("train", recs, sups, flog, max_duration=2.0, decode_check=True)
+    assert [c.id for c in cuts] == ["ok"] and decoded == ["ok"]
+    assert flog.counts == {"too_long": 1}
+
+
+def _folder(tmp_path, lines: bytes, **cfg):
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True, exist_ok=True)
+    _wav(corpus / "audio" / "a.wav")
+    (corpus / "train.tsv").write_bytes(lines)
+    flog = FilterLog()
+    raw = sources.prepare_folder({"corpus_dir": str(corpus), "split_names": ["train"], **cfg}, flog)
+    return raw["train"], flog, corpus
+
+
+def test_folder_tsv_with_a_bom_and_a_missing_file(tmp_path):
+    tsv = "\ufeffaudio\ttext\naudio/a.wav\thello\naudio/gone.wav\tbye\n"
+    (recs, sups), flog, corpus = _folder(tmp_path, tsv.encode())
+    assert [r.id for r in recs] == ["a"] and [s.text for s in sups] == ["hello"]  # the BOM header is skipped
+    assert flog.counts == {"missing_audio": 1}
+    assert str(corpus / "audio" / "gone.wav") in flog.items[0]["detail"] and "train.tsv:3" in flog.items[0]["detail"]
+
+
+def test_folder_tsv_that_is_not_utf8_names_file_and_line(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.tsv:3: not UTF-8"):
+        _folder(tmp_path, b"audio\ttext\naudio/a.wav\thello\naudio/a.wav\tcaf\xe9\n")
+
+
+@pytest.mark.parametrize("escape", ["../outside.wav", "ABS"])
+def test_folder_paths_outside_the_corpus_need_the_setting(tmp_path, escape):
+    outside = _wav(tmp_path / "outside.wav")
+    line = f"{outside if escape == 'ABS' else escape}\tsomewhere else\n".encode()
+    with pytest.raises(PathOutsideCorpusError, match=r"train\.tsv:1: .*outside.wav.*data\.allow_paths_outside_corpus"):
+        _folder(tmp_path, line)
+    (recs, _), flog, _ = _folder(tmp_path, line, allow_paths_outside_corpus=True)
+    assert [r.id for r in recs] == ["outside"] and not flog.counts
+
+
+def test_folder_sph_name_that_lhotse_would_pass_to_a_shell(tmp_path, monkeypatch):
+    """lhotse reads .sph headers with `sph2pipe <path>` through a shell: the name is refused unread."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus" / "audio").mkdir(parents=True)
+    (tmp_path / "corpus" / "audio" / "x;touch pwned;.sph").write_bytes(b"NIST_1A")
+    with pytest.raises(UnsafeManifestError, match=r"train\.tsv:1: audio path .*'command'.*data\.allow_source_types"):
+        _folder(tmp_path, b"audio/x;touch pwned;.sph\tgotcha\n")
+    assert not (tmp_path / "pwned").exists()
+
+
+def _rec(rid, kind, source):
+    return Recording(id=rid, sources=[AudioSource(type=kind, channels=[0], source=source)],
+                     sampling_rate=16000, num_samples=16000, duration=1.0)
+
+
+def test_manifest_guard_allows_only_local_sources_unless_opted_in(tmp_path):
+    ok = [_rec("f", "file", str(tmp_path / "a.wav")), _rec("m", "memory", b"RIFF....")]
+    check_recordings(ok, "m.jsonl", None, "opt in {kind}")
+    for rid, kind, src, want in [("c", "command", "touch x", "command"), ("u", "url", "https://h/a.wav", "url"),
+                                 ("s", "shar", "", "shar"), ("p", "file", "s3://bucket/a.wav", "url"),
+                                 ("q", "file", "/d/x;rm -rf ~;.sph", "command")]:
+        with pytest.raises(UnsafeManifestError) as e:
+            check_recordings(ok + [_rec(rid, kind, src)], "m.jsonl", ["file", "memory"], "add {kind} to X")
+        msg = str(e.value)
+        assert isinstance(e.value, ValueError) and len(msg.splitlines()) == 1
+        assert msg.startswith("m.jsonl: ") and f"recording {rid!r}" in msg and f"{want!r} source" in msg
+        assert f"add {want} to X" in msg
+        check_recordings([_rec(rid, kind, src)], "m.jsonl", ["file", "memory", want], "")  # opted in

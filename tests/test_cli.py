@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
@@ -438,3 +439,51 @@ def test_score_rejects_a_missing_or_unreadable_set(assets, capsys, tmp_path):
     one_col.write_text("a.wav\n", encoding="utf-8")
     code, _, err = run_main(capsys, "score", assets["exported"], one_col)
     assert code == 2 and f"{one_col}:1" in err
+
+
+def test_score_refuses_a_manifest_that_would_run_a_command_or_fetch(assets, capsys, tmp_path):
+    """Issue 15.1: a cuts manifest is data, not code. Its `command` audio source and a feature
+    storage read through `pipe:` are refused (exit 2, one line) before lhotse runs them."""
+    from lhotse import AudioSource, CutSet, Recording, SupervisionSegment
+    from lhotse.cut import MonoCut
+
+    good = Recording.from_file(assets["files"]["good0"], recording_id="evil")
+    marker = tmp_path / "command_ran"
+    cmd = f"touch {marker}; cat {assets['files']['good0']}"
+    rec = Recording(id="evil", sources=[AudioSource(type="command", channels=[0], source=cmd)],
+                    sampling_rate=good.sampling_rate, num_samples=good.num_samples, duration=good.duration)
+    sup = SupervisionSegment(id="evil", recording_id="evil", start=0, duration=rec.duration, channel=0, text=TEXTS[0])
+    cuts = tmp_path / "cuts_evil.jsonl.gz"
+    CutSet.from_cuts([MonoCut("evil", 0, rec.duration, 0, recording=rec, supervisions=[sup])]).to_file(cuts)
+
+    code, out, err = run_main(capsys, "score", assets["exported"], cuts, "--out", tmp_path)
+    assert not marker.exists(), "the manifest's shell command ran"
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert str(cuts) in err and "'evil'" in err and "'command'" in err and "--allow-source-type command" in err
+
+    # The explicit opt-in reads it (the command writes the marker and pipes the wav).
+    code, out, err = run_main(capsys, "score", assets["exported"], cuts, "--out", tmp_path,
+                              "--allow-source-type", "command")
+    assert code == 0, err
+    assert marker.exists() and WER_LINE.match(out.strip())
+
+    # Features are loaded without audio: a numpy_files storage under `pipe:` would be a shell command too.
+    feat_marker = tmp_path / "features_command_ran"
+    plain = Recording.from_file(assets["files"]["good0"], recording_id="good0")
+    fsup = SupervisionSegment(id="good0", recording_id="good0", start=0, duration=plain.duration, channel=0,
+                              text=TEXTS[0])
+    from lhotse import NumpyFilesWriter
+
+    from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
+
+    featured = CutSet.from_cuts([MonoCut("good0", 0, plain.duration, 0, recording=plain, supervisions=[fsup])])
+    featured = featured.compute_and_store_features(KaldiFbank(KaldiFbankConfig()), tmp_path / "feats",
+                                                   storage_type=NumpyFilesWriter, num_jobs=1, progress_bar=False)
+    featured = CutSet.from_cuts(
+        replace(c.drop_recording(), features=replace(c.features, storage_path=f"pipe:touch {feat_marker};"))
+        for c in featured)
+    featured.to_file(tmp_path / "cuts_pipe.jsonl.gz")
+    code, _, err = run_main(capsys, "score", assets["exported"], tmp_path / "cuts_pipe.jsonl.gz", "--out", tmp_path)
+    assert not feat_marker.exists(), "the feature storage's shell command ran"
+    assert code == 2 and "'good0'" in err and "numpy_files" in err and len(err.strip().splitlines()) == 1

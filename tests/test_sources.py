@@ -9,6 +9,8 @@ import soundfile as sf
 from lhotse import CutSet
 
 from conftest import compose
+from edgeasr.data import sources
+from edgeasr.data.manifest_guard import UnsafeManifestError
 from edgeasr.data.synthetic.tts import synthesize
 from edgeasr.stages.prepare import run
 
@@ -101,7 +103,8 @@ def test_folder_with_bad_input(workdir):
             "audio\ttext\n" + "".join(f"{p.relative_to(corpus)}\t{t}\n" for p, t in items))
 
     metrics = run(_cfg("data=folder", f"data.corpus_dir={corpus}"))
-    assert metrics["filtered/unreadable_audio"] == 2  # corrupt + missing file
+    assert metrics["filtered/unreadable_audio"] == 1  # corrupt
+    assert metrics["filtered/missing_audio"] == 1  # not on disk
     assert metrics["filtered/empty_transcript"] == 1
     assert metrics["filtered/duplicate_id"] == 1
     assert metrics["filtered/unknown_characters"] == 1
@@ -111,7 +114,7 @@ def test_folder_with_bad_input(workdir):
     assert metrics["utterances/train"] == 25 and metrics["utterances/test"] == 5
     filtered = [json.loads(line) for line in (workdir / "data/prepare/filtered.jsonl").read_text().splitlines()]
     assert any("corrupt.flac" in f["detail"] for f in filtered)
-    assert any("nowhere.wav" in f["detail"] for f in filtered)
+    assert any("nowhere.wav" in f["detail"] and f["reason"] == "missing_audio" for f in filtered)
     train = CutSet.from_file(workdir / "data/prepare/manifests/cuts_train.jsonl.gz")
     assert "hifi" in {c.id for c in train} and all(c.sampling_rate == 16000 for c in train)
     assert {c.supervisions[0].text for c in train} >= {"turn on the kitchen lights"}  # normalized
@@ -142,3 +145,29 @@ def test_existing_manifests_and_malformed_manifest(workdir):
     (mdir / "recordings_train.jsonl.gz").write_bytes(b"\x1f\x8bnot really gzip")
     with pytest.raises(ValueError, match=r"recordings_train.jsonl.gz is not a readable lhotse manifest"):
         run(_cfg("data=manifests", f"data.manifest_dir={mdir}"))
+
+
+def test_manifest_with_a_command_source_is_refused_before_any_audio_is_read(workdir):
+    """Issue 15.1: lhotse runs a `command` source with a shell when its audio is read."""
+    from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    wav = workdir / "ok.wav"
+    sf.write(wav, 0.1 * np.random.default_rng(0).standard_normal(16000).astype("float32"), 16000)
+    good = Recording.from_file(wav, recording_id="ok")
+    marker = workdir / "command_ran"
+    evil = Recording(id="evil", sources=[AudioSource("command", [0], f"touch {marker}; cat {wav}")],
+                     sampling_rate=16000, num_samples=good.num_samples, duration=good.duration)
+    sups = [SupervisionSegment(r.id, r.id, 0, r.duration, text=SENTENCES[0]) for r in (good, evil)]
+    mdir = workdir / "manifests_in"
+    mdir.mkdir()
+    CutSet.from_manifests(RecordingSet.from_recordings([good, evil]), SupervisionSet.from_segments(sups)).to_file(
+        mdir / "cuts_train.jsonl.gz")
+
+    want = r"cuts_train\.jsonl\.gz: recording 'evil' has a 'command' source.*data\.allow_source_types"
+    with pytest.raises(UnsafeManifestError, match=want):
+        run(_cfg("data=manifests", f"data.manifest_dir={mdir}"))
+    assert not marker.exists()
+    # the explicit opt-in lets it through (nothing is read here; the stage would run it)
+    cfg = _cfg("data=manifests", f"data.manifest_dir={mdir}", "data.allow_source_types=[file,memory,command]")
+    assert sorted(r.id for r in sources.prepare_manifests(cfg.data)["train"][0]) == ["evil", "ok"]
+    assert not marker.exists()

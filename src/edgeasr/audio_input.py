@@ -24,6 +24,7 @@ from lhotse import CutSet, Recording
 from edgeasr.cli_base import AudioError, CliError, Notes
 from edgeasr.data.cleaning import normalize_transcript
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
+from edgeasr.data.manifest_guard import SAFE_SOURCE_TYPES, UnsafeManifestError, check_cuts, path_kind
 
 SAMPLE_RATE = 16000
 
@@ -90,6 +91,9 @@ def read_audio(path: str | Path, note: Notes | None = None):
         raise AudioError(f"{p}: not a regular file, expected an audio file")
     if p.stat().st_size == 0:
         raise AudioError(f"{p}: the file is empty (0 bytes), expected audio")
+    if path_kind(str(p)) != "file":  # lhotse would paste this name into a shell command (.sph, .opus)
+        raise AudioError(f"{p}: lhotse would read this file name through a shell or a URL handler; "
+                         "rename the file (letters, digits, . _ - / only)")
     try:
         rec = Recording.from_file(p)
     except Exception as e:  # every backend raises its own types for unreadable files
@@ -127,11 +131,15 @@ def _cut_features(cut, note: Notes):
     raise AudioError(f"{cut.id}: the cut has neither features nor a recording")
 
 
-def _read_cuts(path: Path, note: Notes) -> list[Utterance]:
+def _read_cuts(path: Path, note: Notes, allow_source_types=SAFE_SOURCE_TYPES) -> list[Utterance]:
     try:
         cuts = CutSet.from_file(path).to_eager()
     except Exception as e:
         raise CliError(f"{path}: not a readable lhotse cuts manifest ({type(e).__name__}: {e})") from e
+    try:  # before any audio or feature is read: a manifest may name shell commands or URLs
+        check_cuts(cuts, path, allow_source_types, "pass --allow-source-type {kind}")
+    except UnsafeManifestError as e:
+        raise CliError(str(e)) from None
     utts = []
     for cut in cuts:
         text = cut.supervisions[0].text if getattr(cut, "supervisions", None) else None
@@ -148,7 +156,7 @@ def _read_tsv(path: Path) -> list[Utterance]:
     them), else to the current directory."""
     utts = []
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: skip a BOM
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise CliError(f"{path}: not a readable UTF-8 TSV ({type(e).__name__}: {e})") from e
@@ -168,8 +176,11 @@ def _read_tsv(path: Path) -> list[Utterance]:
     return utts
 
 
-def read_set(path: str | Path, note: Notes | None = None) -> list[Utterance]:
-    """A lhotse cuts manifest (gzip or JSON lines, by content) or a TSV."""
+def read_set(path: str | Path, note: Notes | None = None,
+             allow_source_types=SAFE_SOURCE_TYPES) -> list[Utterance]:
+    """A lhotse cuts manifest (gzip or JSON lines, by content) or a TSV. A manifest's audio
+    sources and feature storages must be of ``allow_source_types`` (see
+    :mod:`edgeasr.data.manifest_guard`), else a :class:`~edgeasr.cli_base.CliError`."""
     note = note or Notes(sys.stderr)
     p = Path(path)
     if not p.is_file():
@@ -177,4 +188,6 @@ def read_set(path: str | Path, note: Notes | None = None) -> list[Utterance]:
                        "or a TSV of audio_path<TAB>reference text")
     with open(p, "rb") as f:
         head = f.read(2)
-    return _read_cuts(p, note) if head in (b"\x1f\x8b",) or head[:1] in (b"{", b"[") else _read_tsv(p)
+    if head in (b"\x1f\x8b",) or head[:1] in (b"{", b"["):
+        return _read_cuts(p, note, allow_source_types)
+    return _read_tsv(p)

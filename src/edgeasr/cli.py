@@ -1,13 +1,15 @@
 """``edgeasr``: use a trained model outside the pipeline (issue 7, part 4).
 
     edgeasr transcribe MODEL AUDIO... [--streaming] [--chunk-ms 320] [--method greedy|beam] [--beam 4]
-    edgeasr score MODEL SET [--out DIR] [--method greedy|beam] [--beam 4] [--streaming]
+    edgeasr score MODEL SET [--out DIR] [--method greedy|beam] [--beam 4] [--streaming] [--allow-source-type TYPE]
 
 MODEL is any stage's ``data/<stage>/model.pt`` (tokenizer: ``--tokenizer``, default
 ``data/prepare/tokenizer/bpe.model``) or an exported student ``*.edgeasr`` (carries its tokens);
 the kind is read from the file's first bytes, not its name. A compressed ``model.pt`` gets its
 activation fake-quant back, so the numbers are the stage's. SET is a lhotse cuts manifest
 (features or recordings) or a TSV ``audio_path<TAB>reference text`` (paths relative to the TSV).
+A manifest whose audio or features lhotse would get by running a command or fetching a URL is
+refused (exit 2) unless ``--allow-source-type`` names that type.
 
 Audio goes through the prepare stage's feature extractor (:class:`edgeasr.data.features.KaldiFbank`
 with its defaults, which are ``prepare.features``), at 16 kHz (other rates are resampled, as the
@@ -82,10 +84,13 @@ def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: boo
 
 def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".", method: str = "greedy",
           beam: int = 4, tokenizer: str | Path | None = None, streaming: bool = False, chunk_ms: float = 320,
-          out: TextIO | None = None, err: TextIO | None = None, progress: bool | None = None) -> int:
+          out: TextIO | None = None, err: TextIO | None = None, progress: bool | None = None,
+          allow_source_types: Sequence[str] = ()) -> int:
     """Decode SET, print the corpus WER (summed errors / summed reference words) and write
     ``recogs-<set>.txt`` / ``errs-<set>.txt`` into ``out_dir``. Returns 0, or 1 if some utterances
-    could not be used (reported; the WER then covers the others only)."""
+    could not be used (reported; the WER then covers the others only). A cuts manifest's audio and
+    features must be local files or inline bytes unless ``allow_source_types`` adds more types
+    (``command``, ``url``, ...): lhotse would run or fetch them."""
     # torch and lhotse: see transcribe
     from edgeasr.audio_input import chunk_frames, read_set
     from edgeasr.recognizer import load_recognizer
@@ -97,7 +102,7 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     if streaming:
         rec.check_streaming(note)
     set_path = Path(test_set)
-    utts = read_set(set_path, note)
+    utts = read_set(set_path, note, allow_source_types=("file", "memory", *allow_source_types))
     if not utts:
         raise CliError(f"{set_path}: no utterances with a transcript to score")
     acc, failed = WerAccumulator(), 0
@@ -170,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="DIR", default=".", help="where recogs/errs go (default: current directory)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    # Off by default: a manifest from elsewhere could otherwise run any shell command (issue 15).
+    s.add_argument("--allow-source-type", metavar="TYPE", action="append", default=[],
+                   dest="allow_source_types",
+                   help="also read SET's audio/features of this lhotse source type (command: runs a shell "
+                        "command, url: fetches); only for manifests you trust. Repeatable")
     return p
 
 
@@ -180,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "transcribe":
             return transcribe(args.model, args.audio, **opts)
-        return score(args.model, args.set, out_dir=args.out, progress=args.progress, **opts)
+        return score(args.model, args.set, out_dir=args.out, progress=args.progress,
+                     allow_source_types=args.allow_source_types, **opts)
     except CliError as e:
         print(f"edgeasr {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -23,8 +23,8 @@ from edgeasr.data.word_classes import check_word_classes
 log = logging.getLogger(__name__)
 
 REASONS = (
-    "unreadable_audio",      # decoding failed or zero samples
-    "missing_audio",         # a transcript whose recording does not exist
+    "unreadable_audio",      # the header or the decoding failed, or zero samples
+    "missing_audio",         # a transcript whose recording or audio file does not exist
     "duplicate_id",          # a second item with an id already seen (first one kept)
     "empty_transcript",
     "unknown_characters",    # the tokenizer (trained on train text) cannot represent the text
@@ -124,51 +124,55 @@ def clean_split(
 ) -> CutSet:
     """Validate raw manifests and turn them into one cut per supervision at ``sample_rate``.
 
-    Drops (counted): duplicate recording/supervision ids, unreadable audio (a full decode when
-    ``decode_check``), supervisions without a recording, empty transcripts (labeled splits),
-    durations outside ``[min_duration, max_duration]``. Resamples other rates (counted as
+    Drops (counted): duplicate recording/supervision ids, supervisions without a recording, empty
+    transcripts (labeled splits), durations outside ``[min_duration, max_duration]``, unreadable
+    audio. The durations come from the manifests (audio headers) and are filtered BEFORE the full
+    decode of ``decode_check``, so a huge file is dropped as ``too_long`` without being decoded;
+    only recordings some kept supervision needs are decoded. Resamples other rates (counted as
     ``resampled``, not dropped).
     """
-    recs, seen = [], {}
+    recs, seen = {}, {}
     for rec in recordings:
         if rec.id in seen:
             log_.drop(split, rec.id, "duplicate_id", f"{_source_of(rec)} repeats {seen[rec.id]}")
             continue
         seen[rec.id] = _source_of(rec)
-        recs.append(rec)
-    if decode_check:
-        with ThreadPoolExecutor(max(1, num_jobs)) as pool:
-            errors = list(pool.map(_readable, recs))
-        kept = []
-        for rec, err in zip(recs, errors):
-            if err:
-                log_.drop(split, rec.id, "unreadable_audio", err)
-            else:
-                kept.append(rec)
-        recs = kept
-    rec_ids = {r.id for r in recs}
+        recs[rec.id] = rec
 
     sups, seen_sup = [], set()
-    dropped_recs = set(seen) - rec_ids
     for sup in supervisions or []:
         if sup.id in seen_sup:
             log_.drop(split, sup.id, "duplicate_id", f"supervision id repeated (recording {sup.recording_id})")
             continue
         seen_sup.add(sup.id)
-        if sup.recording_id not in rec_ids:
-            if sup.recording_id not in dropped_recs:  # already counted with its recording
-                log_.drop(split, sup.id, "missing_audio", f"recording {sup.recording_id!r} not found")
+        if sup.recording_id not in recs:
+            log_.drop(split, sup.id, "missing_audio", f"recording {sup.recording_id!r} not found")
             continue
         text = normalize_transcript(sup.text, text_normalization)
         if labeled and not text:
             log_.drop(split, sup.id, "empty_transcript", seen[sup.recording_id])
             continue
+        if not _duration_ok(split, sup.id, sup.duration, min_duration, max_duration, log_):
+            continue
         sups.append(replace(sup, text=text or None, custom=_aligned_classes(sup.custom, text)))
+
+    used = {s.recording_id for s in sups}
+    needed = [r for r in recs.values() if r.id in used]  # input order, as before
+    if decode_check:
+        with ThreadPoolExecutor(max(1, num_jobs)) as pool:
+            errors = list(pool.map(_readable, needed))
+        bad = set()
+        for rec, err in zip(needed, errors):
+            if err:
+                log_.drop(split, rec.id, "unreadable_audio", err)  # its supervisions go with it, uncounted
+                bad.add(rec.id)
+        needed = [r for r in needed if r.id not in bad]
+        sups = [s for s in sups if s.recording_id not in bad]
 
     if not sups:
         return CutSet.from_cuts([])
     cuts = CutSet.from_manifests(
-        RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups)
+        RecordingSet.from_recordings(needed), SupervisionSet.from_segments(sups)
     ).trim_to_supervisions(keep_overlapping=False)
 
     out = []
@@ -176,13 +180,20 @@ def clean_split(
         if cut.sampling_rate != sample_rate:
             cut = cut.resample(sample_rate)
             log_.resampled += 1
-        if cut.duration < min_duration:
-            log_.drop(split, cut.id, "too_short", f"{cut.duration:.2f}s < {min_duration}s")
-        elif cut.duration > max_duration:
-            log_.drop(split, cut.id, "too_long", f"{cut.duration:.2f}s > {max_duration}s")
-        else:
+        # again on the cut: a supervision reaching past its recording's end is shortened here
+        if _duration_ok(split, cut.id, cut.duration, min_duration, max_duration, log_):
             out.append(cut)
     return CutSet.from_cuts(out)
+
+
+def _duration_ok(split: str, item_id: str, duration: float, lo: float, hi: float, log_: FilterLog) -> bool:
+    if duration < lo:
+        log_.drop(split, item_id, "too_short", f"{duration:.2f}s < {lo}s")
+    elif duration > hi:
+        log_.drop(split, item_id, "too_long", f"{duration:.2f}s > {hi}s")
+    else:
+        return True
+    return False
 
 
 def filter_by_tokens(

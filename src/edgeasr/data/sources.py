@@ -8,6 +8,7 @@ Each ``prepare_<source>`` follows the lhotse recipe shape: it returns raw manife
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -16,10 +17,13 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from lhotse.recipes import prepare_librispeech as lhotse_prepare
 
 from .cleaning import FilterLog
+from .manifest_guard import check_inside, check_path, check_recordings
 
 log = logging.getLogger(__name__)
 
 Raw = dict[str, tuple[RecordingSet, SupervisionSet | None]]
+
+_OPT_IN = "add {kind} to data.allow_source_types (e.g. -S 'data.allow_source_types=[file,memory,{kind}]')"
 
 
 def _require_dir(path, key: str) -> Path:
@@ -54,11 +58,29 @@ def prepare_librispeech(cfg: Mapping, num_jobs: int = 2) -> Raw:
     return out
 
 
+def _tsv_rows(tsv: Path):
+    """``(line number, fields)`` of a TSV; a UTF-8 BOM is skipped, other bytes name their line."""
+    data = tsv.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{tsv}:{line}: not UTF-8 ({e.reason} at byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                         "save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    for row in reader:
+        yield reader.line_num, row
+
+
 def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
     """Bring-your-own data: ``<corpus_dir>/<split>.tsv`` with lines ``audio_path<TAB>transcript``
     (paths relative to the TSV; a header line ``audio<TAB>text`` is allowed). The recording id is
-    the file name without extension, Kaldi style, so two files with the same name are duplicates."""
+    the file name without extension, Kaldi style, so two files with the same name are duplicates.
+    Paths must stay inside ``corpus_dir`` unless ``data.allow_paths_outside_corpus``; only the
+    audio headers are read here (the full decode comes after the duration filters)."""
     corpus_dir = _require_dir(cfg.get("corpus_dir"), "corpus_dir")
+    outside_ok = bool(cfg.get("allow_paths_outside_corpus", False))
+    allowed = cfg.get("allow_source_types")
     out: Raw = {}
     for split in cfg["split_names"]:
         tsv = corpus_dir / f"{split}.tsv"
@@ -68,26 +90,33 @@ def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
             log.info("no %s; split %s skipped", tsv, split)
             continue
         recs, sups, seen = [], [], {}
-        with open(tsv, encoding="utf-8", newline="") as f:
-            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-                if not row or (lineno == 1 and row[0].strip().lower() in ("audio", "path")):
-                    continue
-                if len(row) < 2:
-                    row = row + [""]
-                audio = (tsv.parent / row[0].strip()).resolve()
-                rid = audio.stem
-                if rid in seen:
-                    filter_log.drop(split, rid, "duplicate_id", f"{audio} ({tsv.name}:{lineno}) repeats {seen[rid]}")
-                    continue
-                seen[rid] = audio
-                try:
-                    rec = Recording.from_file(audio, recording_id=rid)
-                except Exception as e:
-                    filter_log.drop(split, rid, "unreadable_audio", f"{audio} ({tsv.name}:{lineno}): {type(e).__name__}: {e}")
-                    continue
-                recs.append(rec)
-                sups.append(SupervisionSegment(id=rid, recording_id=rid, start=0.0, duration=rec.duration,
-                                               channel=0, text=row[1]))
+        for lineno, row in _tsv_rows(tsv):
+            if not row or (lineno == 1 and row[0].strip().lower() in ("audio", "path")):
+                continue
+            if len(row) < 2:
+                row = row + [""]
+            where = f"{tsv}:{lineno}"
+            given = tsv.parent / row[0].strip()
+            check_inside(given, corpus_dir, where, outside_ok, "set data.allow_paths_outside_corpus=true")
+            audio = given.resolve()
+            # lhotse reads some headers through a shell (.sph): check the name before touching it
+            check_path(audio, where, allowed, _OPT_IN)
+            rid = audio.stem
+            if rid in seen:
+                filter_log.drop(split, rid, "duplicate_id", f"{audio} ({tsv.name}:{lineno}) repeats {seen[rid]}")
+                continue
+            seen[rid] = audio
+            if not audio.exists():
+                filter_log.drop(split, rid, "missing_audio", f"{audio} ({tsv.name}:{lineno}): no such file")
+                continue
+            try:
+                rec = Recording.from_file(audio, recording_id=rid)  # header only
+            except Exception as e:
+                filter_log.drop(split, rid, "unreadable_audio", f"{audio} ({tsv.name}:{lineno}): {type(e).__name__}: {e}")
+                continue
+            recs.append(rec)
+            sups.append(SupervisionSegment(id=rid, recording_id=rid, start=0.0, duration=rec.duration,
+                                           channel=0, text=row[1]))
         out[split] = (RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups))
     return out
 
@@ -95,7 +124,8 @@ def prepare_folder(cfg: Mapping, filter_log: FilterLog) -> Raw:
 def prepare_manifests(cfg: Mapping) -> Raw:
     """Existing lhotse manifests in ``data.manifest_dir``: ``cuts_<split>.jsonl.gz`` or
     ``recordings_<split>.jsonl.gz`` + ``supervisions_<split>.jsonl.gz`` (a recipe prefix such as
-    ``librispeech_recordings_<split>`` is accepted too)."""
+    ``librispeech_recordings_<split>`` is accepted too). Only ``file`` and ``memory`` audio sources
+    pass unless ``data.allow_source_types`` lists more (see :mod:`edgeasr.data.manifest_guard`)."""
     mdir = _require_dir(cfg.get("manifest_dir"), "manifest_dir")
     out: Raw = {}
     for split in cfg["split_names"]:
@@ -116,4 +146,6 @@ def prepare_manifests(cfg: Mapping) -> Raw:
             bad = (cuts or recs or sups)[0]
             raise ValueError(f"{bad} is not a readable lhotse manifest ({type(e).__name__}: {e}); "
                              "regenerate it with lhotse") from e
+        if split in out:  # before any audio is read: a manifest may name shell commands or URLs
+            check_recordings(out[split][0], (cuts or recs)[0], cfg.get("allow_source_types"), _OPT_IN)
     return out
