@@ -17,8 +17,12 @@ prepare stage does) on channel 0 (the channel the prepare stage's cuts use).
 
 Loading the model: :mod:`edgeasr.recognizer`; reading audio and sets: :mod:`edgeasr.audio_input`.
 
-Exit codes: 0 ok; 1 some audio could not be used (each file reported on stderr, the rest processed);
-2 bad usage, or a model / tokenizer / set file that cannot be used (one line, no traceback).
+Audio shorter than the model's minimum input (its subsampling and frame stacking, e.g. 11 frames =
+0.11 s for a frame-stack-2 student) gives an empty result and a note on stderr.
+
+Exit codes: 0 ok; 1 some audio could not be used (each file reported on stderr in one line, whatever
+went wrong, the rest processed); 2 bad usage, or a model / tokenizer / set file that cannot be used
+(one line naming the file, no traceback).
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ def _set_name(path: Path) -> str:
     return name.removeprefix("cuts_") or "set"
 
 
+def _failure(name: object, e: Exception) -> str:
+    """One line for an input that failed: an AudioError says it all; anything else (a bug, a model
+    that cannot take this input) is named with its type, and the other inputs go on."""
+    if isinstance(e, AudioError):
+        return f"edgeasr: error: {e}"
+    text = " ".join(str(e).split()) or "no message"
+    return f"edgeasr: error: {name}: cannot decode ({type(e).__name__}: {text})"
+
+
 def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: bool = False, chunk_ms: float = 320,
                method: str = "greedy", beam: int = 4, tokenizer: str | Path | None = None,
                out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -71,9 +84,9 @@ def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: boo
     for a in audio:
         try:
             text = rec.transcribe_features(audio_features(read_audio(a, note)), method=method, beam=beam,
-                                           streaming=streaming, chunk_frames=chunk_frames(chunk_ms))
-        except AudioError as e:
-            write_line(f"edgeasr: error: {e}", err)
+                                           streaming=streaming, chunk_frames=chunk_frames(chunk_ms), name=str(a))
+        except Exception as e:  # one file never aborts the others (KeyboardInterrupt still does)
+            write_line(_failure(a, e), err)
             failed += 1
             continue
         print(f"{a}\t{text}", file=out, flush=True)
@@ -110,9 +123,9 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     for u in tqdm(utts, desc=f"score {set_path.name}", unit="utt", file=err, disable=not show, leave=False):
         try:
             text = rec.transcribe_features(u.features(note), method=method, beam=beam, streaming=streaming,
-                                           chunk_frames=chunk_frames(chunk_ms))
-        except AudioError as e:
-            write_line(f"edgeasr: error: {e}", err)
+                                           chunk_frames=chunk_frames(chunk_ms), name=u.id)
+        except Exception as e:  # as in transcribe: one utterance never aborts the set
+            write_line(_failure(u.id, e), err)
             failed += 1
             continue
         acc.update([u.ref], [text], [u.id])
@@ -193,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return score(args.model, args.set, out_dir=args.out, progress=args.progress,
                      allow_source_types=args.allow_source_types, **opts)
     except CliError as e:
-        print(f"edgeasr {args.command}: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())  # the contract is one line, whatever text a library put in it
+        print(f"edgeasr {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

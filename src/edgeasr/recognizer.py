@@ -19,12 +19,13 @@ import torch
 from edgeasr.cli_base import DEFAULT_TOKENIZER, AudioError, CliError, Notes
 from edgeasr.compression import restore_fake_quant
 from edgeasr.compression.actquant import float_view, is_quantized
+from edgeasr.data.features import KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
 from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
 from edgeasr.export import MAGIC, ExportFormatError
 from edgeasr.export.reader import _what_is
 from edgeasr.models.io import load_model
-from edgeasr.quantspec import read_spec
+from edgeasr.quantspec import SpecError, read_spec
 from edgeasr.runtime import IntTransducer, load_student, tokens_to_text
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -43,7 +44,14 @@ class Recognizer:
     to_text: Callable[[Sequence[int]], str]
     feature_dim: int = 80
     meta: dict = field(default_factory=dict)
+    note: Notes | None = None  # where the too-short warnings go (default: stderr)
     _stream_rt: Any = None
+
+    @property
+    def min_input_frames(self) -> int:
+        """Fewest feature frames that give an encoder frame: the encoder's own subsampling and frame
+        stacking (``4 s + 3`` for the streaming student, 7 for the teacher)."""
+        return int(self.model.encoder.min_input_frames)
 
     def check_streaming(self, note: Notes | None = None) -> None:
         """Raise CliError if this model cannot stream; tell how a fake-quantized model.pt streams."""
@@ -63,11 +71,17 @@ class Recognizer:
                            "and has no streaming mode; drop --streaming")
 
     def recognize(self, feats, method: str = "greedy", beam: int = 4, streaming: bool = False,
-                  chunk_frames: int = 32) -> list[int]:
-        """feats (T, F) float -> token ids (blank removed)."""
+                  chunk_frames: int = 32, name: str = "input") -> list[int]:
+        """feats (T, F) float -> token ids (blank removed). Input too short for one encoder frame
+        gives ``[]`` and a note naming ``name`` (the encoder would fail on zero frames)."""
         if feats.dim() != 2 or feats.size(1) != self.feature_dim:
-            raise AudioError(f"features of shape {tuple(feats.shape)}, the model takes (T, {self.feature_dim})")
-        if feats.size(0) < 7:  # shorter than the subsampling convolutions' receptive field: no encoder frame
+            raise AudioError(f"{name}: features of shape {tuple(feats.shape)}, the model takes (T, {self.feature_dim})")
+        need = self.min_input_frames
+        if feats.size(0) < need:
+            shift = KaldiFbankConfig().frame_shift_ms / 1000  # snip_edges=False: T frames ~ T * shift seconds
+            (self.note or Notes(sys.stderr))(
+                "short", f"{name}: {feats.size(0) * shift:.2f} s is shorter than the model's minimum input "
+                         f"({need} frames = {need * shift:.2f} s); empty result")
             return []
         feats = feats.float()
         with torch.inference_mode():
@@ -123,7 +137,7 @@ def load_recognizer(model_path: str | Path, tokenizer: str | Path | None = None,
     if head.startswith(MAGIC) or (head and MAGIC.startswith(head)):  # a truncated export: the loader says so
         return _load_exported(path, tokenizer, note)
     if head.startswith(ZIP_MAGIC):
-        return _load_torch(path, tokenizer)
+        return _load_torch(path, tokenizer, note)
     raise CliError(f"{path}: not a model file ({_describe(head)}); {EXPECTED_MODEL}")
 
 
@@ -139,10 +153,10 @@ def _load_exported(path: Path, tokenizer, note: Notes) -> Recognizer:
     tokens = rt.tokens
     dim = int(rt.model_cfg["encoder"].get("input_dim", 80))
     return Recognizer(path, "exported", rt, lambda ids: tokens_to_text(tokens, ids, rt.blank_id), dim,
-                      dict(rt.header))
+                      dict(rt.header), note)
 
 
-def _load_torch(path: Path, tokenizer) -> Recognizer:
+def _load_torch(path: Path, tokenizer, note: Notes) -> Recognizer:
     try:
         model, meta = load_model(path)
     except (ValueError, FileNotFoundError) as e:
@@ -153,7 +167,9 @@ def _load_torch(path: Path, tokenizer) -> Recognizer:
         spec = read_spec(meta, str(path))  # None: an fp32 model
         if spec is not None:
             restore_fake_quant(model, spec).eval()
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+    except SpecError as e:  # names the file already
+        raise CliError(str(e)) from e
+    except Exception as e:  # metadata the spec check let through; never a traceback for a bad file
         raise CliError(f"{path}: cannot restore its activation quantization ({type(e).__name__}: {e})") from e
     tok_path = Path(tokenizer if tokenizer is not None else DEFAULT_TOKENIZER)
     try:
@@ -166,4 +182,4 @@ def _load_torch(path: Path, tokenizer) -> Recognizer:
     if tok.vocab_size != model.vocab_size:
         raise CliError(f"{tok_path} has {tok.vocab_size} tokens but {path} was trained with {model.vocab_size}; "
                        "pass the tokenizer the model was trained with (--tokenizer)")
-    return Recognizer(path, "model.pt", model, tok.decode, int(model.encoder.input_dim), meta)
+    return Recognizer(path, "model.pt", model, tok.decode, int(model.encoder.input_dim), meta, note)

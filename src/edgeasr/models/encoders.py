@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .residual import residual_lstm
-from .subsampling import Conv2dSubsampling, InputNorm, frames_after_subsampling
+from .subsampling import Conv2dSubsampling, InputNorm, frames_after_subsampling, min_input_frames
 
 
 def _trim(x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,12 @@ class ConformerEncoder(nn.Module):
         h, h_lens = self.conformer(h, h_lens)
         return self.output(h), h_lens
 
+    @property
+    def min_input_frames(self) -> int:
+        """Fewest input frames with an output frame (a partial stacked group is zero-padded)."""
+        sub = self.subsampling
+        return min_input_frames(self.frame_stack, ceil=True, receptive_field=sub.receptive_field, factor=sub.factor)
+
 
 class LstmState(NamedTuple):
     """Streaming state of :class:`LstmEncoder`.
@@ -161,6 +167,12 @@ class LstmEncoder(nn.Module):
         h, _ = residual_lstm(h, self._norm, lambda i, y, _: (self.lstms[i](y)[0], None), self._add_dropout,
                              [None] * self.num_layers)
         return self.output(self.final_norm(h)), h_lens
+
+    @property
+    def min_input_frames(self) -> int:
+        """Fewest input frames with an output frame: ``4 s + 3`` (a partial stacked group is dropped)."""
+        sub = self.subsampling
+        return min_input_frames(self.frame_stack, receptive_field=sub.receptive_field, factor=sub.factor)
 
     # the residual LSTM block (edgeasr.models.residual); the cells differ per entry point
     def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ architecture without reading the config that trained it.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,10 +40,26 @@ def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any],
     return path
 
 
+def _one_line(e: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in one line. Never torch's own text for a refused
+    pickle: it advises retrying with safe loading off, which is exactly what must not be done."""
+    if isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            return (f"{path}: refused: the file holds pickled Python objects ({found.group(1)}; code could run on "
+                    "load); an edgeasr model file holds only tensors and plain containers")
+        return f"{path} is not a readable edgeasr model file (its pickle data is malformed or unsupported)"
+    return f"{path} is not a readable edgeasr model file ({type(e).__name__}: {_one_line(e)})"
+
+
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a file written by :func:`save_model`; returns ``(model, meta)``.
 
-    Raises ``ValueError`` naming the file for anything that is not such a file.
+    Raises ``ValueError`` naming the file, in one line, for anything that is not such a file.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,14 +67,21 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable edgeasr model file ({type(e).__name__}: {e})") from e
+        raise ValueError(_unreadable(path, e)) from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an edgeasr model file (expected format {FORMAT!r})")
     if obj.get("version") != VERSION:
         raise ValueError(f"{path} has model-file version {obj.get('version')}, this edgeasr reads {VERSION}")
-    model = build_transducer(obj["model_cfg"])
+    cfg, meta = obj.get("model_cfg"), obj.get("meta", {})
+    for key, value in (("model_cfg", cfg), ("state_dict", obj.get("state_dict")), ("meta", meta)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: malformed model file: its {key!r} is a {type(value).__name__}, not a mapping")
+    try:
+        model = build_transducer(cfg)
+    except Exception as e:  # a hand-edited or foreign config: any error, one line naming the file
+        raise ValueError(f"{path}: its model config does not build a model ({type(e).__name__}: {_one_line(e)})") from e
     try:
         model.load_state_dict(obj["state_dict"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match its model config: {e}") from e
-    return model.eval(), dict(obj.get("meta", {}), model_cfg=obj["model_cfg"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: weights do not match its model config: {_one_line(e)}") from e
+    return model.eval(), dict(meta, model_cfg=cfg)

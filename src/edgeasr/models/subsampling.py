@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 
-
 class InputNorm(nn.Module):
     """Per-frame normalisation of log-mel features, ``(N, T, F) -> (N, T, F)``.
 
@@ -91,3 +90,17 @@ def frames_after_subsampling(num_frames, factor: int = 4):
         t = (t - 3) // 2 + 1
         f //= 2
     return t
+
+
+def min_input_frames(frame_stack: int = 1, ceil: bool = False, receptive_field: int = Conv2dSubsampling.receptive_field,
+                     factor: int = Conv2dSubsampling.factor) -> int:
+    """Fewest input frames that give an encoder at least one output frame.
+
+    The convolutions need ``receptive_field`` frames for their first output and ``factor`` more
+    for each next one; frame stacking by ``frame_stack`` that drops a trailing partial group
+    (``ceil=False``, the streaming student) needs ``frame_stack`` of them, one that zero-pads it
+    (``ceil=True``, the teacher) only one. Shared by the PyTorch encoders and the integer runtime,
+    so the CLI's too-short check is the model's own arithmetic.
+    """
+    need = 1 if ceil else max(1, int(frame_stack))
+    return receptive_field + factor * (need - 1)

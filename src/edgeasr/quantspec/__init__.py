@@ -114,12 +114,16 @@ class ActivationSpec:
                             f"{sorted(set(amax) ^ set(pts))}")
         out = {}
         for name, p in pts.items():
+            if not isinstance(name, str) or "." not in name:  # views split "part.point" names
+                raise SpecError(f"{where}: activation point name {name!r} is not a 'part.point' string")
             try:
                 point = ActivationPoint(int(p["bits"]), bool(p["pow2"]), float(amax[name]), float(p["scale"]))
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 raise SpecError(f"{where}: activation point {name!r} is malformed ({type(e).__name__}: {e})") from None
             if not (2 <= point.bits <= 32 and math.isfinite(point.scale) and point.scale > 0):
                 raise SpecError(f"{where}: activation point {name!r} has bits {point.bits}, scale {point.scale}")
+            if not (math.isfinite(point.amax) and point.amax > 0):  # a calibrated range is finite and positive
+                raise SpecError(f"{where}: activation point {name!r} has amax {point.amax}")
             out[name] = point
         return cls(out)
 

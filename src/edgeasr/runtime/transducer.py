@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from edgeasr.models.residual import residual_lstm
+from edgeasr.models.subsampling import min_input_frames
 from edgeasr.quantspec import TANH_OUT_SCALE, ActivationSpec, CompressionSpec
 from edgeasr.quantspec.levels import state_levels
 
@@ -51,6 +52,7 @@ class IntEncoder:
         rb = act.points["encoder.res0"].bits
         self.s, self.res_bits = s, rb
         self.k = int(cfg.get("frame_stack", 1))
+        self.min_input_frames = min_input_frames(self.k)  # the same 3x3 stride-2 convolutions as LstmEncoder
         self.layers = int(cfg["num_layers"])
         self.hidden = int(cfg["hidden"])
         self.input_norm = str(cfg.get("input_norm", "layer"))
