@@ -172,7 +172,16 @@ def test_tiny_distill_stage_reports_student_baseline_and_pseudo_wer(tiny_prepare
     assert runs["distill/baseline"].data.tags["mlflow.parentRunId"] == runs["distill"].info.run_id
     assert client.get_metric_history(runs["distill"].info.run_id, "train/kd_loss")
     assert "wer/test" in runs["distill/baseline"].data.metrics
+    assert runs["distill/baseline"].info.status == "FINISHED"
     print(f"tiny distill stage: {elapsed:.1f} s")
+
+    # The baseline trained in its own 1-thread process (the default on >= 2 threads) is the one the
+    # stage trains itself on 1 thread: same seed, data and steps, bit for bit.
+    assert cfg.distill.baseline_process and cfg.trainer.num_threads >= 2
+    one = distill.run(compose(["experiment=tiny", "trainer.progress=false", "trainer.num_threads=1"]),
+                      job_dir=tmp_path / "multirun" / "1")
+    base = {k: v for k, v in report.items() if k.startswith("baseline/")}
+    assert base and base == {k: v for k, v in one.items() if k.startswith("baseline/")}
 
 
 def _brute_occupancy(lp, T, U):

@@ -22,6 +22,7 @@ recogs/errs, learning curves), ``data/distill/checkpoints/``, ``reports/distill.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,9 +40,10 @@ from edgeasr.data.datamodule import DistillDataModule
 from edgeasr.decoding import modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model, save_model
-from edgeasr.training.distill import DistillLitModule, teacher_targets
+from edgeasr.training.distill import teacher_targets
 
-from .common import default_lit, finish_stage, log_training, report_model, stage_datamodule, train_transducer
+from .common import finish_stage, report_model, stage_datamodule, train_transducer
+from .distill_baseline import BaselineProcess, distill_lit, train_baseline
 from .prologue import open_stage
 
 log = logging.getLogger(__name__)
@@ -123,17 +125,24 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     if section.kd_nodes not in ("all", "occupancy"):  # checked before minutes of pseudo-labeling
         raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
 
-    def lit_factory(kd_weight: float):
-        return lambda m, d, sec: default_lit(m, d, sec, cls=DistillLitModule, kd_weight=kd_weight,
-                                             kd_delay=int(sec.kd_delay))
+    threads = int(cfg.trainer.num_threads)
+    side_by_side = bool(section.baseline) and bool(section.get("baseline_process", False)) and threads >= 2
+    # train_transducer sets torch's threads from the config it is given: with the baseline in its
+    # own 1-thread process, this process keeps the other threads
+    run_cfg = OmegaConf.merge(cfg, {"trainer": {"num_threads": threads - 1}}) if side_by_side else cfg
 
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=int(run_cfg.trainer.num_threads)) as stage, \
+            contextlib.ExitStack() as parts:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
+        base_proc = None
+        if side_by_side:  # first: it needs neither pseudo-labels nor teacher targets
+            base_proc = BaselineProcess(run_cfg, parts.enter_context(tracker.nested("baseline")), out, results)
+            parts.callback(base_proc.stop)
         teacher_path = data_dir / "train_teacher" / "model.pt"
         teacher, _ = load_model(teacher_path)
         # Checkpoints of a student distilled from another teacher are never resumed.
         teacher_fp = hashlib.sha256(teacher_path.read_bytes()).hexdigest()[:16]
-        dm = stage_datamodule(cfg, section)
+        dm = stage_datamodule(run_cfg, section)
         metrics: dict[str, float] = {}
         pl_cfg = section.pseudo_labels
 
@@ -156,28 +165,26 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             metrics["teacher_targets_mb"] = round(sum(t.numel() * 2 for t in targets.values()) / 2**20, 2)
         del teacher
 
-        if section.baseline:
+        base_metrics = None
+        if section.baseline and base_proc is None:
             with tracker.nested("baseline") as base_run:
-                base_dm = stage_datamodule(cfg, section, DistillDataModule)
-                base, _, base_curve, _, _ = train_transducer(
-                    cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=base_dm,
-                    lit_factory=lit_factory(0.0), name="baseline", run_id=base_run.run_id)
-                base_metrics, _ = report_model(cfg, base, base_dm, section, results / "baseline")
-                base_run.log_metrics(base_metrics)
-                log_training(STAGE, tracker, base_curve, results, "baseline")
-            metrics.update({f"baseline/{k}": v for k, v in base_metrics.items() if k.startswith("wer")})
+                base_metrics = train_baseline(run_cfg, base_run, out, results)
 
-        dm = stage_datamodule(cfg, section, DistillDataModule, pseudo_cuts=pseudo, targets=targets,
+        dm = stage_datamodule(run_cfg, section, DistillDataModule, pseudo_cuts=pseudo, targets=targets,
                               unlabeled_ratio=float(section.unlabeled_ratio))
         model, dm, curve, speed, trainer = train_transducer(
-            cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
-            lit_factory=lit_factory(float(section.kd_weight)), name="student",
+            run_cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
+            lit_factory=distill_lit(float(section.kd_weight)), name="student",
             fingerprint_extra=teacher_fp)
         model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
 
-        student_metrics, cost = report_model(cfg, model, dm, section, results)
+        student_metrics, cost = report_model(run_cfg, model, dm, section, results)
         metrics.update(student_metrics)
+        if base_proc is not None:
+            base_metrics = base_proc.result()
+        if base_metrics is not None:
+            metrics.update({f"baseline/{k}": v for k, v in base_metrics.items() if k.startswith("wer")})
         teacher_report = Path(tracker.root) / "reports" / "train_teacher.json"
         if teacher_report.is_file() and "wer/test" in metrics:
             t_wer = json.loads(teacher_report.read_text()).get("wer/test")

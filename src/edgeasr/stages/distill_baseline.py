@@ -1,0 +1,106 @@
+"""The ``distill`` stage's labels-only baseline, in this process or in a second one beside the student.
+
+Why a second process (``distill.baseline_process``): the 0.75 M LSTM student does not keep two
+threads busy (README "measured levers": one 2-thread training against two 1-thread trainings side
+by side), and the baseline needs neither pseudo-labels nor teacher targets, so on 2 cores it trains
+from the stage's first second while this process labels, computes the targets and trains the
+student, each on one thread. Same seed, data, steps and schedule as the sequential baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from edgeasr.data.datamodule import DistillDataModule
+from edgeasr.tracking import StageRun
+from edgeasr.training.distill import DistillLitModule
+
+from .common import default_lit, log_training, report_model, stage_datamodule, train_transducer
+
+log = logging.getLogger(__name__)
+
+STAGE = "distill"
+
+
+def distill_lit(kd_weight: float):
+    """``lit_factory`` for :func:`train_transducer`: a :class:`DistillLitModule` at ``kd_weight``."""
+    return lambda m, d, sec: default_lit(m, d, sec, cls=DistillLitModule, kd_weight=kd_weight,
+                                         kd_delay=int(sec.kd_delay))
+
+
+def train_baseline(cfg: DictConfig, tracker: StageRun, out: Path, results: Path) -> dict[str, float]:
+    """Train and evaluate the labels-only baseline; its curve and metrics go to ``tracker`` (the
+    stage's nested ``baseline`` run). Returns its metrics (``wer``, ``wer/<split>``, ...)."""
+    section = cfg[STAGE]
+    dm = stage_datamodule(cfg, section, DistillDataModule)
+    model, _, curve, _, _ = train_transducer(cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
+                                             lit_factory=distill_lit(0.0), name="baseline", run_id=tracker.run_id)
+    metrics, _ = report_model(cfg, model, dm, section, results / "baseline")
+    tracker.log_metrics(metrics)
+    log_training(STAGE, tracker, curve, results, "baseline")
+    return metrics
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the second process needs, as plain values (it is started with ``spawn``)."""
+
+    cfg: dict
+    uri: str
+    run_id: str
+    parent_run_id: str
+    experiment_id: str
+    invocation: str | None
+    root: str
+    out: str
+    results: str
+    result_file: str
+
+
+def _child(job: _Job) -> None:
+    torch.set_num_threads(1)
+    cfg = OmegaConf.create(job.cfg)
+    tracker = StageRun(MlflowClient(job.uri), job.run_id, job.parent_run_id, f"{STAGE}.baseline", uri=job.uri,
+                       experiment_id=job.experiment_id, invocation_key=job.invocation, root=Path(job.root))
+    metrics = train_baseline(cfg, tracker, Path(job.out), Path(job.results))
+    Path(job.result_file).write_text(json.dumps(metrics))
+
+
+class BaselineProcess:
+    """The baseline trained in a spawned process with one torch thread; :meth:`result` joins it."""
+
+    def __init__(self, cfg: DictConfig, tracker: StageRun, out: Path, results: Path):
+        child_cfg = OmegaConf.to_container(cfg, resolve=True)
+        child_cfg["trainer"]["num_threads"] = 1
+        child_cfg["trainer"]["progress"] = False  # one progress bar on the terminal: the student's
+        self._result = out / "baseline_metrics.json"
+        self._result.unlink(missing_ok=True)
+        job = _Job(child_cfg, tracker.tracking_uri, tracker.run_id, tracker.parent_run_id, tracker.experiment_id,
+                   tracker.invocation, str(tracker.root), str(out), str(results), str(self._result))
+        self._proc = mp.get_context("spawn").Process(target=_child, args=(job,), name="distill-baseline")
+        self._proc.start()
+        log.info("labels-only baseline training in process %d (1 thread)", self._proc.pid)
+
+    def result(self) -> dict[str, float]:
+        self._proc.join()
+        if self._proc.exitcode != 0 or not self._result.is_file():
+            raise RuntimeError(f"the distill stage's labels-only baseline process failed (exit code "
+                               f"{self._proc.exitcode}; its traceback is above); set distill.baseline_process=false "
+                               "to train it in the stage's own process")
+        metrics = json.loads(self._result.read_text())
+        self._result.unlink()
+        return metrics
+
+    def stop(self) -> None:
+        """Terminate the process if it still runs (the stage failed or was interrupted)."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(10)
