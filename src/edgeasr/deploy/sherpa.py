@@ -42,6 +42,11 @@ from edgeasr.metrics import WerAccumulator
 
 SAMPLE_RATE = 16000
 DEFAULT_TAIL_PADDING_S = 0.5  # > one streaming chunk (35 frames = 0.35 s), so the last words are decoded
+# The worker's default time limit: start-up and model loading, plus a real-time factor of 2 over
+# the audio it decodes. sherpa-onnx runs the students at RTF ~0.01-0.05 on one thread, so only a
+# hung worker (a deadlock, a model that makes onnxruntime spin) gets near it.
+TIMEOUT_BASE_S = 120.0
+TIMEOUT_PER_AUDIO_S = 2.0
 
 
 @dataclass
@@ -104,6 +109,12 @@ def hotwords_string(phrases: Sequence[str]) -> str:
     return "/".join(p.strip() for p in phrases if p.strip())
 
 
+def default_timeout(utts: Sequence[Utterance], repeat: int = 1) -> float:
+    """Seconds :func:`sherpa_decode` gives its worker when not told: :data:`TIMEOUT_BASE_S` plus
+    :data:`TIMEOUT_PER_AUDIO_S` per second of audio decoded (``repeat`` times)."""
+    return TIMEOUT_BASE_S + TIMEOUT_PER_AUDIO_S * max(1, int(repeat)) * sum(u.duration for u in utts)
+
+
 def sherpa_decode(files: Mapping[str, str], utts: Sequence[Utterance], *, streaming: bool,
                   method: str = "greedy_search", hotwords: Sequence[str | None] | None = None,
                   num_threads: int = 1, max_active_paths: int = 4, hotwords_score: float = 1.5,
@@ -113,7 +124,8 @@ def sherpa_decode(files: Mapping[str, str], utts: Sequence[Utterance], *, stream
     ``hotwords``: per utterance a '/'-separated string (needs ``method="modified_beam_search"``).
     ``tail_padding_s`` (streaming; default :data:`DEFAULT_TAIL_PADDING_S`): zeros appended before
     ``input_finished`` so the last partial chunk is decoded. Raises ``RuntimeError`` with sherpa's
-    stderr when the process fails (a bad model makes sherpa exit).
+    stderr when the process fails (a bad model makes sherpa exit). ``timeout``: seconds before the
+    worker is killed and ``TimeoutError`` is raised (None: :func:`default_timeout`).
     """
     if hotwords is not None and method != "modified_beam_search":
         raise ValueError("sherpa-onnx applies hotwords only with method='modified_beam_search'")
@@ -129,8 +141,16 @@ def sherpa_decode(files: Mapping[str, str], utts: Sequence[Utterance], *, stream
                "out": str(tmp / "result.json")}
         (tmp / "job.json").write_text(json.dumps(job))
         env = dict(os.environ, OMP_NUM_THREADS=str(num_threads))
-        p = subprocess.run([sys.executable, "-m", "edgeasr.deploy.sherpa_worker", str(tmp / "job.json")],
-                           capture_output=True, text=True, env=env, timeout=timeout)
+        limit = default_timeout(utts, repeat) if timeout is None else float(timeout)
+        try:
+            p = subprocess.run([sys.executable, "-m", "edgeasr.deploy.sherpa_worker", str(tmp / "job.json")],
+                               capture_output=True, text=True, env=env, timeout=limit)
+        except subprocess.TimeoutExpired as err:  # run() has killed the worker
+            audio_s = sum(u.duration for u in utts) * max(1, int(repeat))
+            raise TimeoutError(
+                f"sherpa-onnx worker timed out after {limit:g} s ({len(utts)} utterances, {audio_s:.1f} s of "
+                f"audio, {method}) on {files.get('encoder')}; raise the timeout (evaluate.sherpa.timeout_s "
+                "in the evaluate stage) if the machine is that slow") from err
         if p.returncode != 0 or not (tmp / "result.json").is_file():
             raise RuntimeError(f"sherpa-onnx worker failed (exit {p.returncode}) on {files.get('encoder')}:\n"
                                f"{p.stderr[-3000:]}")

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeasr.atomic import atomic_write_bytes
+
 from . import codec
 
 MAGIC = b"EDGEASR\0"
@@ -339,14 +341,7 @@ def write_container(path: str | os.PathLike, header: Mapping[str, Any],
     duplicate names, non-finite floats, ...) raises :class:`ExportFormatError` before anything is written.
     """
     data = build_container(header, tensors, blobs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)  # temp file, fsync, rename: never a partial container
     return len(data)
 
 

@@ -6,7 +6,6 @@ architecture without reading the config that trained it.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any, Mapping
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+
+from edgeasr.atomic import atomic_write
 
 from .transducer import build_transducer
 
@@ -25,19 +26,11 @@ VERSION = 1
 def save_model(path: str | Path, model: nn.Module, model_cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
     # Plain containers only (nested DictConfigs included): the loader reads with weights_only=True.
     cfg = OmegaConf.to_container(OmegaConf.create(dict(model_cfg)), resolve=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A new file renamed into place: the old one may be a hardlink into DVC's cache (cache.type
-    # hardlink), which writing through it in place would corrupt (root ignores its read-only mode).
-    # (the same temp-and-rename as export.write_container and tracking.write_report)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, "model_cfg": cfg,
-                    "state_dict": model.state_dict(), "meta": dict(meta or {})}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # Temp file, fsync, rename (edgeasr.atomic): a crash never leaves a partial model.pt, and an
+    # old file that is a hardlink into DVC's cache (cache.type hardlink) is replaced, not written through.
+    obj = {"format": FORMAT, "version": VERSION, "model_cfg": cfg,
+           "state_dict": model.state_dict(), "meta": dict(meta or {})}
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _one_line(e: BaseException) -> str:

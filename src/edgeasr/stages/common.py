@@ -35,12 +35,29 @@ def fingerprint(cfg: DictConfig, keys: list[str], model_cfg) -> str:
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> str | None:
-    """``last.ckpt`` if it belongs to this exact config, else wipe the folder and start fresh."""
+def _checkpoint_step(path: Path) -> int:
+    """The ``global_step`` of the Lightning checkpoint at ``path``; raises on a file that is not one.
+
+    Lightning checkpoints hold pickles (optimizer and loop state), so ``weights_only=False``:
+    these are our own files from an earlier run of the same stage."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("global_step"), int) or "state_dict" not in ckpt:
+        raise ValueError("not a Lightning checkpoint (no global_step / state_dict)")
+    return ckpt["global_step"]
+
+
+def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> tuple[str, int] | None:
+    """``(last.ckpt, its global step)`` if it belongs to this exact config and loads, else wipe the
+    folder and start fresh (None). A corrupt ``last.ckpt`` (a crash or a full disk while
+    Lightning wrote it) is a warning and a fresh start, not a failed stage."""
     stamp = ckpt_dir / "fingerprint.txt"
     last = ckpt_dir / "last.ckpt"
     if resume and last.is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
-        return str(last)
+        try:
+            return str(last), _checkpoint_step(last)
+        except Exception as err:
+            log.warning("%s is unreadable (%s: %s); starting fresh instead of resuming",
+                        last, type(err).__name__, str(err)[:200])
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True)
@@ -74,9 +91,9 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
 
     ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
     fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg) + fingerprint_extra + name
-    resume_from = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
+    resumable = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
+    resume_from, resumed_step = resumable if resumable else (None, 0)
     if resume_from:
-        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
         log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
         tracker.set_tags({f"resumed_from_step{'.' + name if name else ''}": resumed_step})
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer_select", mode="min", save_top_k=1,

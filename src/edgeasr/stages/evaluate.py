@@ -119,19 +119,20 @@ def verify_sherpa(cfg: DictConfig, sc: DictConfig, data_dir: Path, dm, results: 
     root = data_dir / "export" / "sherpa"
     metrics: dict[str, float] = {}
     mismatches = {}
+    timeout = sc.get("timeout_s")  # None: the worker's default, scaled to the audio it decodes
     for split in sc.splits:
         utts = utterances_from_cuts(dm.cuts(split))
         for mode in ("offline", "streaming"):
             bundle = SherpaBundle.load(root / mode)
             for int8 in ((False, True) if bundle.int8 else (False,)):
                 key = f"sherpa/{mode}/{'int8' if int8 else 'fp32'}/{split}/"
-                ag = verify_bundle(model, bundle, utts, int8=int8)
+                ag = verify_bundle(model, bundle, utts, int8=int8, timeout=timeout)
                 metrics.update(ag.as_dict(key))
                 mismatches[key] = ag.mismatches
     if sc.hotwords_split:
         utts = utterances_from_cuts(dm.cuts(str(sc.hotwords_split)))
         hw = hotword_wer(SherpaBundle.load(root / "offline"), utts, hotwords_score=float(sc.hotwords_score),
-                         max_active_paths=int(sc.beam))
+                         max_active_paths=int(sc.beam), timeout=timeout)
         metrics.update({f"sherpa/hotwords/{k}": v for k, v in hw.items() if isinstance(v, (int, float))})
     (results / "sherpa_mismatches.json").write_text(json.dumps(mismatches, indent=1))
     return metrics

@@ -17,13 +17,21 @@ and every ``reports/*.json`` in the repo (cached stages make no child run but ke
 is rolled up onto the parent as ``<stage>/<key>`` metrics, with ``params.yaml`` and ``dvc.lock``
 as parent artifacts.
 
+A remote store (``MLFLOW_TRACKING_URI=http(s)://...``) is probed before the stage's runs are
+opened: a server that does not answer within 5 s fails the stage at once with one line naming it,
+or, with ``tracking.fallback_to_local: true`` in the config, the stage logs to the local sqlite
+store and says so (a warning, and the ``edgeasr.tracking_fallback_from`` tag on its runs).
+Importing this package also sets MLflow's HTTP retry count, backoff and request timeout to
+seconds instead of minutes (:data:`server.HTTP_DEFAULTS`, only where the variables are unset).
+
 ``MLFLOW_RUN_ID`` is deliberately not used to pass the parent: ``mlflow.start_run`` *reopens*
 that run instead of nesting under it.
 
 The modules, one job each: ``locations`` (workspace, store URI), ``processes`` (the invocation
 from the process tree), ``parent`` (the parent run, file lock), ``lifecycle`` (:func:`stage_run`),
-``run`` (:class:`StageRun`), ``rollup`` (reports onto the parent), ``values`` (params and metrics
-checked against MLflow's limits, the report file), ``tags``, ``fluent`` (mlflow's fluent API).
+``run`` (:class:`StageRun`), ``server`` (the remote store's probe, HTTP limits), ``rollup``
+(reports onto the parent), ``values`` (params and metrics checked against MLflow's limits, the
+report file), ``tags``, ``fluent`` (mlflow's fluent API).
 """
 
 from .lifecycle import stage_run
@@ -31,8 +39,11 @@ from .locations import repo_root, store_root, tracking_uri
 from .parent import current_parent_run_id
 from .processes import INVOCATION_ENV, invocation
 from .run import StageRun
+from .server import TrackingServerUnreachable, set_http_defaults
 from .tags import DEFAULT_EXPERIMENT, PARENT_ENV, PARENT_RUN_TAG, TAG_INVOCATION, TAG_KIND, TAG_STAGE
 from .values import flatten_params, write_report
+
+set_http_defaults()  # before any MLflow client of this process makes a request
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -43,6 +54,7 @@ __all__ = [
     "TAG_KIND",
     "TAG_STAGE",
     "StageRun",
+    "TrackingServerUnreachable",
     "current_parent_run_id",
     "flatten_params",
     "invocation",

@@ -19,7 +19,9 @@ from .locations import repo_root, tracking_uri
 from .parent import Parent, open_parent
 from .rollup import rollup
 from .run import StageRun
-from .tags import DEFAULT_EXPERIMENT, PARENT_RUN_TAG, TAG_INVOCATION, TAG_KIND, TAG_STAGE, default_tags, git_tags
+from .server import reachable_uri
+from .tags import (DEFAULT_EXPERIMENT, PARENT_RUN_TAG, TAG_FALLBACK, TAG_INVOCATION, TAG_KIND, TAG_STAGE,
+                   default_tags, git_tags)
 from .values import cfg_get
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,20 @@ def _child_tags(stage: str, parent: Parent, git: dict[str, str]) -> dict[str, st
     if dvc_stage:
         tags["dvc.stage"] = dvc_stage
     return tags
+
+
+@contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block, then as it was."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _activate(stack: contextlib.ExitStack, run: StageRun) -> bool:
@@ -100,23 +116,36 @@ def stage_run(
 
     ``params``: the config sections the stage reads (flattened with '.'-joined keys); None logs
     the whole ``cfg``. The experiment is ``cfg.tracking.experiment`` (default ``edgeasr``).
+
+    An ``http(s)`` tracking URI is probed first (``GET /health``, 5 s): if the server does not
+    answer, :class:`~edgeasr.tracking.server.TrackingServerUnreachable` is raised before anything
+    runs, or, with ``cfg.tracking.fallback_to_local``, the stage logs to the local sqlite store
+    (``MLFLOW_TRACKING_URI`` pointed there for the block; both runs tagged
+    ``edgeasr.tracking_fallback_from=<uri>``).
     The child run is also the active fluent run inside the block, so ``mlflow.log_*`` and
     ``mlflow.<flavor>.log_model`` land on it.
     """
     if not stage or not re.fullmatch(r"[\w.@:-]+", stage):
         raise ValueError(f"invalid stage name {stage!r}")
-    uri = tracking_uri()
-    root = repo_root()
-    experiment = str(cfg_get(cfg, "tracking", "experiment") or DEFAULT_EXPERIMENT)
-    git = git_tags(root)
-    parent = open_parent(uri, experiment, stage, git)
-    child = parent.client.create_run(parent.experiment_id, tags=default_tags(_child_tags(stage, parent, git)),
-                                     run_name=stage)
-    run = StageRun(parent.client, child.info.run_id, parent.run_id, stage, uri=uri,
-                   experiment_id=parent.experiment_id, invocation_key=parent.invocation_key, root=root,
-                   report_dir=Path(report_dir) if report_dir is not None else None)
-
+    # A dead server fails the stage here, in seconds, before any work (or, with the setting, the
+    # stage logs to the local store instead).
+    uri, unreachable = reachable_uri(tracking_uri(), fallback=bool(cfg_get(cfg, "tracking", "fallback_to_local")))
     with contextlib.ExitStack() as stack:
+        if unreachable:  # Lightning's MLFlowLogger and child processes read the variable too
+            stack.enter_context(_environ("MLFLOW_TRACKING_URI", uri))
+        root = repo_root()
+        experiment = str(cfg_get(cfg, "tracking", "experiment") or DEFAULT_EXPERIMENT)
+        git = git_tags(root)
+        parent = open_parent(uri, experiment, stage, git)
+        tags = _child_tags(stage, parent, git)
+        if unreachable:
+            tags[TAG_FALLBACK] = unreachable
+            parent.client.set_tag(parent.run_id, TAG_FALLBACK, unreachable)
+        child = parent.client.create_run(parent.experiment_id, tags=default_tags(tags), run_name=stage)
+        run = StageRun(parent.client, child.info.run_id, parent.run_id, stage, uri=uri,
+                       experiment_id=parent.experiment_id, invocation_key=parent.invocation_key, root=root,
+                       report_dir=Path(report_dir) if report_dir is not None else None)
+
         activated = _activate(stack, run)
         exc: BaseException | None = None
         try:

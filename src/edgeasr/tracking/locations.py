@@ -40,13 +40,14 @@ def store_root() -> Path:
     return Path(root).expanduser().absolute() if root else Path.cwd()
 
 
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the sqlite store ``<repo root>/mlflow.db``
-    (``$DVC_ROOT`` or cwd, see :func:`store_root`)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+def local_store_uri() -> str:
+    """The sqlite store ``<repo root>/mlflow.db`` (``$DVC_ROOT`` or cwd, see :func:`store_root`)."""
     return f"sqlite:///{store_root().as_posix()}/mlflow.db"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else :func:`local_store_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
 def _uri_scheme(uri: str) -> str:

@@ -11,6 +11,7 @@ PARENT_ENV = "EDGEASR_PARENT_RUN_ID"
 TAG_KIND = "edgeasr.kind"
 TAG_INVOCATION = "edgeasr.invocation"
 TAG_STAGE = "edgeasr.stage"
+TAG_FALLBACK = "edgeasr.tracking_fallback_from"  # the unreachable server a run was logged instead of
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
 

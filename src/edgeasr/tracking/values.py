@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import numbers
-import os
 import posixpath
 import re
 import time
@@ -18,6 +17,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from edgeasr.atomic import atomic_write_bytes
 
 # MLflow 3.17 limits (mlflow.utils.validation)
 MAX_PARAMS_PER_BATCH = 100
@@ -166,9 +167,5 @@ def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
 
 def write_report(path: Path, metrics: Mapping[str, int | float]) -> Path:
     """Write ``metrics`` as flat, key-sorted JSON (floats in shortest round-trip form)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(dict(sorted(metrics.items())), indent=2, sort_keys=True, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, (text + "\n").encode())  # temp file, fsync, rename
