@@ -1,10 +1,10 @@
 """The ``distill`` stage's labels-only baseline, in this process or in a second one beside the student.
 
 Why a second process (``distill.baseline_process``): the 0.75 M LSTM student does not keep two
-threads busy (README "measured levers": one 2-thread training against two 1-thread trainings side
-by side), and the baseline needs neither pseudo-labels nor teacher targets, so on 2 cores it trains
-from the stage's first second while this process labels, computes the targets and trains the
-student, each on one thread. Same seed, data, steps and schedule as the sequential baseline.
+threads busy (README "Distillation": two 1-thread trainings side by side run ~1.3x the audio of one
+2-thread training), and the baseline needs neither pseudo-labels nor teacher targets, so on 2 cores
+it trains from the stage's first second while this process labels, computes the targets and trains
+the student, each on one thread. Same seed, data, steps and schedule as the sequential baseline.
 """
 
 from __future__ import annotations
