@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,37 @@ def copy_project(dst: Path) -> None:
         shutil.copy(REPO / name, dst / name)
     (dst / ".dvc").mkdir(exist_ok=True)
     shutil.copy(REPO / ".dvc" / "config", dst / ".dvc" / "config")
+
+
+def sh(cmd: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run a shell command; fail the test with its output's tail unless it succeeds."""
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    root: Path  # a git repository with the project's pipeline files; tests may run more in it
+    env: dict[str, str]  # the environment the pipeline ran in (this venv first on PATH, no MLflow/DVC vars)
+    output: str  # what `dvc exp run` printed
+    mlflow_db: Path  # a copy of root/mlflow.db as that first run left it: one parent, one child per stage
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
+    """The whole pipeline run once per session by a real `dvc exp run -S experiment=tiny` in a clean
+    copy of the project (about 2 minutes on 2 cores)."""
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    copy_project(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", root, env)
+    out = sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S trainer.progress=false", root, env)
+    db = tmp_path_factory.mktemp("tiny_pipeline_mlflow") / "mlflow.db"
+    shutil.copy(root / "mlflow.db", db)
+    return TinyPipeline(root, env, out, db)
 
 
 @pytest.fixture

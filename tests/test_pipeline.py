@@ -2,32 +2,19 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import copy_project
+from conftest import sh as _sh
 
 pytestmark = pytest.mark.slow
 
 
-def _sh(cmd, cwd, env):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
-
-
-def test_dvc_exp_run_then_cached_repro_then_rerun(tmp_path):
-    copy_project(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    _sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", tmp_path, env)
-
-    out = _sh("dvc exp run -S experiment=tiny -S prepare.progress=false -S trainer.progress=false", tmp_path, env)
+def test_dvc_exp_run_then_cached_repro_then_rerun(tiny_pipeline):
+    # the session's `dvc exp run -S experiment=tiny` (conftest.tiny_pipeline); this test runs more in its root
+    tmp_path, env, out = tiny_pipeline.root, tiny_pipeline.env, tiny_pipeline.output
     assert "Running stage 'prepare'" in out and "Running stage 'train_teacher'" in out
     report = json.loads((tmp_path / "reports/prepare.json").read_text())
     assert report["hours/train"] > 0 and "oov_rate_percent/test" in report  # tiny is too small for a realistic OOV rate
