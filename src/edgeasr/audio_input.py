@@ -24,7 +24,8 @@ from lhotse import CutSet, Recording
 from edgeasr.cli_base import AudioError, CliError, Notes
 from edgeasr.data.cleaning import normalize_transcript
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
-from edgeasr.data.manifest_guard import SAFE_SOURCE_TYPES, UnsafeManifestError, check_cuts, path_kind
+from edgeasr.data.manifest_guard import (SAFE_SOURCE_TYPES, UnsafeManifestError, check_cuts, path_kind,
+                                         resampling_problem)
 
 SAMPLE_RATE = 16000
 
@@ -63,6 +64,9 @@ def _audio_reason(path: Path, exc: Exception) -> str:
 def _samples(audio_like, name: str, note: Notes):
     """Mono float32 samples at 16 kHz from a lhotse Recording or Cut (resampled, channel 0)."""
     if audio_like.sampling_rate != SAMPLE_RATE:
+        problem = resampling_problem(audio_like.sampling_rate, SAMPLE_RATE)
+        if problem:
+            raise AudioError(f"{name}: {problem}")
         note("resampled", f"{name}: resampling {audio_like.sampling_rate} Hz -> {SAMPLE_RATE} Hz")
         audio_like = audio_like.resample(SAMPLE_RATE)
     try:
@@ -134,8 +138,8 @@ def _cut_features(cut, note: Notes):
 def _read_cuts(path: Path, note: Notes, allow_source_types=SAFE_SOURCE_TYPES) -> list[Utterance]:
     try:
         cuts = CutSet.from_file(path).to_eager()
-    except Exception as e:
-        raise CliError(f"{path}: not a readable lhotse cuts manifest ({type(e).__name__}: {e})") from e
+    except Exception as e:  # first line only: YAML and JSON errors quote the offending text below
+        raise CliError(f"{path}: not a readable lhotse cuts manifest ({type(e).__name__}: {_first_line(e)})") from e
     try:  # before any audio or feature is read: a manifest may name shell commands or URLs
         check_cuts(cuts, path, allow_source_types, "pass --allow-source-type {kind}")
     except UnsafeManifestError as e:
@@ -143,6 +147,9 @@ def _read_cuts(path: Path, note: Notes, allow_source_types=SAFE_SOURCE_TYPES) ->
     utts = []
     for cut in cuts:
         text = cut.supervisions[0].text if getattr(cut, "supervisions", None) else None
+        if text is not None and not isinstance(text, str):
+            note("bad-transcript", f"{cut.id}: the transcript is a {type(text).__name__}, not text; skipped")
+            continue
         if not text:
             note("unlabeled", f"{cut.id}: no transcript, skipped")
             continue

@@ -151,7 +151,7 @@ def _load_exported(path: Path, tokenizer, note: Notes) -> Recognizer:
     if tokenizer is not None:
         note("tokenizer", f"--tokenizer {tokenizer} ignored: {path} carries its own token list")
     tokens = rt.tokens
-    dim = int(rt.model_cfg["encoder"].get("input_dim", 80))
+    dim = rt.encoder.input_dim
     return Recognizer(path, "exported", rt, lambda ids: tokens_to_text(tokens, ids, rt.blank_id), dim,
                       dict(rt.header), note)
 

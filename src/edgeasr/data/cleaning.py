@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
+from edgeasr.data.manifest_guard import resampling_problem
 from edgeasr.data.word_classes import check_word_classes
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ def _readable(rec) -> str | None:
         return f"{_source_of(rec)}: {type(e).__name__}: {e}"
     if audio.size == 0:
         return f"{_source_of(rec)}: no samples"
+    if not np.isfinite(audio).all():  # a float file with NaNs, or a manifest's Volume(nan): NaN features
+        return f"{_source_of(rec)}: NaN/inf samples"
     return None
 
 
@@ -124,7 +128,8 @@ def clean_split(
 ) -> CutSet:
     """Validate raw manifests and turn them into one cut per supervision at ``sample_rate``.
 
-    Drops (counted): duplicate recording/supervision ids, supervisions without a recording, empty
+    Drops (counted): duplicate recording/supervision ids, supervisions without a recording or
+    outside it (one reaching past the recording's end is shortened to it), empty
     transcripts (labeled splits), durations outside ``[min_duration, max_duration]``, unreadable
     audio. The durations come from the manifests (audio headers) and are filtered BEFORE the full
     decode of ``decode_check``, so a huge file is dropped as ``too_long`` without being decoded;
@@ -148,6 +153,13 @@ def clean_split(
         if sup.recording_id not in recs:
             log_.drop(split, sup.id, "missing_audio", f"recording {sup.recording_id!r} not found")
             continue
+        end = min(sup.end, recs[sup.recording_id].duration)
+        if sup.start < 0 or sup.end > end:  # shortened to the audio there is (lhotse's trim would assert)
+            if end <= max(0.0, sup.start):
+                log_.drop(split, sup.id, "missing_audio", f"[{sup.start}, {sup.end}] s is outside its recording "
+                          f"({seen[sup.recording_id]}, {recs[sup.recording_id].duration} s)")
+                continue
+            sup = replace(sup, start=max(0.0, sup.start), duration=end - max(0.0, sup.start))
         text = normalize_transcript(sup.text, text_normalization)
         if labeled and not text:
             log_.drop(split, sup.id, "empty_transcript", seen[sup.recording_id])
@@ -178,6 +190,10 @@ def clean_split(
     out = []
     for cut in cuts:
         if cut.sampling_rate != sample_rate:
+            problem = resampling_problem(cut.sampling_rate, sample_rate)
+            if problem:  # a bogus header rate: resampling would take gigabytes
+                log_.drop(split, cut.id, "unreadable_audio", f"{seen.get(cut.recording_id, cut.id)}: {problem}")
+                continue
             cut = cut.resample(sample_rate)
             log_.resampled += 1
         # again on the cut: a supervision reaching past its recording's end is shortened here

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -148,4 +149,33 @@ def prepare_manifests(cfg: Mapping) -> Raw:
                              "regenerate it with lhotse") from e
         if split in out:  # before any audio is read: a manifest may name shell commands or URLs
             check_recordings(out[split][0], (cuts or recs)[0], cfg.get("allow_source_types"), _OPT_IN)
+            _check_fields(out[split], (cuts or recs)[0], (cuts or sups or recs)[0])
     return out
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ints(v) -> bool:
+    return isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in v)
+
+
+def _check_fields(raw, rec_file: Path, sup_file: Path) -> None:
+    """The fields cleaning does arithmetic on have the types lhotse writes (a hand-edited or hostile
+    manifest would otherwise fail deep inside lhotse with a TypeError)."""
+    recs, sups = raw
+    for r in recs:
+        bad = [k for k in ("sampling_rate", "num_samples", "duration") if not _real(getattr(r, k, None))]
+        bad += ["id"] if not isinstance(r.id, str) else []
+        bad += ["channel_ids"] if r.channel_ids is not None and not _ints(r.channel_ids) else []
+        bad += ["sources"] if not all(_ints(src.channels) for src in r.sources) else []
+        if bad:
+            raise ValueError(f"{rec_file}: recording {r.id!r} has malformed {bad}; regenerate it with lhotse")
+    for s in sups or []:
+        bad = [k for k in ("start", "duration") if not _real(getattr(s, k, None))]
+        bad += [k for k in ("id", "recording_id") if not isinstance(getattr(s, k), str)]
+        bad += ["text"] if s.text is not None and not isinstance(s.text, str) else []
+        bad += ["channel"] if not _ints(s.channel if isinstance(s.channel, list) else [s.channel]) else []
+        if bad:
+            raise ValueError(f"{sup_file}: supervision {s.id!r} has malformed {bad}; regenerate it with lhotse")

@@ -118,7 +118,7 @@ class ActivationSpec:
                 raise SpecError(f"{where}: activation point name {name!r} is not a 'part.point' string")
             try:
                 point = ActivationPoint(int(p["bits"]), bool(p["pow2"]), float(amax[name]), float(p["scale"]))
-            except (KeyError, TypeError, ValueError, OverflowError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:  # int(inf), float(10**400)
                 raise SpecError(f"{where}: activation point {name!r} is malformed ({type(e).__name__}: {e})") from None
             if not (2 <= point.bits <= 32 and math.isfinite(point.scale) and point.scale > 0):
                 raise SpecError(f"{where}: activation point {name!r} has bits {point.bits}, scale {point.scale}")
@@ -190,7 +190,7 @@ class CompressionSpec:
         try:
             return cls(d["bits"], float(d["sparsity"]), None if d.get("scope") is None else str(d["scope"]), activations,
                        source=where)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise SpecError(f"{where}: malformed compression spec ({e})") from None
 
 

@@ -144,7 +144,8 @@ class IntLayerNorm:
         self.g = torch.round(w / self.s_g).to(torch.int64)
         acc_scale = self.s_g * 2.0**-self.F
         self.b = torch.round(bias.to(torch.float64) / acc_scale).to(torch.int64)
-        self.eps = int(round(eps * n**3 / s_in**2))
+        # >= 1: with a coarse input scale eps rounds to 0, and a constant row would divide by zero
+        self.eps = max(1, int(round(eps * n**3 / s_in**2)))
         self.rn = int(isqrt(torch.tensor(n << (2 * self.F))))  # sqrt(n) in Q.F
         self.m, self.shift = multiplier(acc_scale / s_out)
         self.out_bits = out_bits

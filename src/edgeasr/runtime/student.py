@@ -50,14 +50,30 @@ def load_student(path: str | Path, container: Container | None = None) -> IntTra
                        sum(w.levels.numel() for w in weights.values()), str(path))
     except SpecError as e:
         raise ExportFormatError(f"{e}; {FIX}") from e
+    tokens = h["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ExportFormatError(f"{path}: header 'tokens' must be a list of strings; {FIX}")
     try:
         rt = IntTransducer(h["model_cfg"], weights, floats, spec)
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        _smoke(rt)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, OverflowError, ZeroDivisionError) as e:
         raise ExportFormatError(f"{path}: tensors do not match the header's model ({type(e).__name__}: {e}); {FIX}") from e
-    if len(h["tokens"]) != rt.joiner.vocab_size:
-        raise ExportFormatError(f"{path}: {len(h['tokens'])} tokens for a {rt.joiner.vocab_size}-way joiner; {FIX}")
-    rt.tokens, rt.header = list(h["tokens"]), h
+    if len(tokens) != rt.joiner.vocab_size:
+        raise ExportFormatError(f"{path}: {len(tokens)} tokens for a {rt.joiner.vocab_size}-way joiner; {FIX}")
+    rt.tokens, rt.header = list(tokens), h
     return rt
+
+
+def _smoke(rt: IntTransducer) -> None:
+    """Silence through every layer and one decoding step: tensors whose shapes pass the reader but
+    do not chain (a hostile or buggy file) fail here, not in the middle of a user's decode."""
+    with torch.inference_mode():
+        t = 4 * rt.encoder.k + 3  # one encoder frame (k is bounded by the stacking weights' size)
+        enc, _ = rt.encode(torch.zeros(1, t, rt.encoder.input_dim), torch.tensor([t]))
+        pred, ctx = rt.predictor.init_decoder(1)
+        rt.joiner.forward_frame(enc[:, 0], pred)
+        rt.predictor.step_tokens(torch.tensor([rt.joiner.vocab_size - 1]), ctx)
+    rt.reset_stats()  # the emulator counts work from zero
 
 
 def tokens_to_text(tokens: Sequence[str], ids: Sequence[int], blank_id: int = 0) -> str:

@@ -56,6 +56,10 @@ class IntEncoder:
         self.layers = int(cfg["num_layers"])
         self.hidden = int(cfg["hidden"])
         self.input_norm = str(cfg.get("input_norm", "layer"))
+        self.input_dim = int(cfg.get("input_dim", 80))
+        if self.k < 1 or self.layers < 1 or self.input_norm not in ("layer", "none"):
+            raise ValueError(f"the integer runtime needs frame_stack >= 1, num_layers >= 1 and input_norm 'layer' or "
+                             f"'none', got {self.k}, {self.layers}, {self.input_norm!r}")
         self.floats = floats
         e = "encoder."
         self.conv1 = IntLinear("encoder.conv1", weights[e + "subsampling.conv.0.weight"], floats[e + "subsampling.conv.0.bias"],
@@ -81,6 +85,16 @@ class IntEncoder:
         self.output = IntLinear("encoder.output", weights[e + "output.weight"], floats[e + "output.bias"], s["final"], s["out"],
                                 stats=stats)
         self.out_dim = weights[e + "output.weight"].levels.size(0)
+        # The config must describe these tensors: a mismatch would only fail (or mislead) mid-decode.
+        f2 = ((self.input_dim - 3) // 2 + 1 - 3) // 2 + 1
+        if self.input_dim < 7 or self.channels * f2 != self.sub.w.size(1):
+            raise ValueError(f"input_dim {self.input_dim} does not fit the subsampling weights "
+                             f"({self.sub.w.size(1)} inputs from {self.channels} channels)")
+        if self.stack is not None and self.stack.w.size(1) != self.k * self.sub.w.size(0):
+            raise ValueError(f"frame_stack {self.k} does not fit the stacking weights ({self.stack.w.size(1)} inputs)")
+        if any(lstm.hidden != self.hidden for lstm in self.lstms):
+            raise ValueError(f"hidden {self.hidden} differs from the LSTM weights' "
+                             f"{[lstm.hidden for lstm in self.lstms]}")
 
     # ---- host front end -----------------------------------------------------------------------
     def quantize_input(self, feats: torch.Tensor) -> torch.Tensor:
@@ -97,7 +111,7 @@ class IntEncoder:
     # ---- NPU graph ------------------------------------------------------------------------------
     def init_state(self) -> EncoderState:
         z8 = [torch.zeros(self.hidden, dtype=torch.int64) for _ in range(self.layers)]
-        return EncoderState(torch.zeros(0, 80, dtype=torch.int64), z8, [z.clone() for z in z8])
+        return EncoderState(torch.zeros(0, self.input_dim, dtype=torch.int64), z8, [z.clone() for z in z8])
 
     @staticmethod
     def _conv(x: torch.Tensor, layer: IntLinear) -> torch.Tensor:
@@ -146,6 +160,8 @@ class IntPredictor:
         s = act.scales("predictor")
         self.s, self.blank_id = s, blank_id
         self.context_size = int(cfg.get("context_size", 2))
+        if self.context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {self.context_size}")
         emb = weights["predictor.embedding.weight"]
         self.emb = emb.levels
         self.emb_m, self.emb_shift = multiplier(emb.safe_scale() / s["emb"])
@@ -153,6 +169,9 @@ class IntPredictor:
         if self.context_size > 1:
             w = weights["predictor.conv.weight"]  # (E, 1, K) depthwise
             self.conv_w = w.levels[:, 0, :]  # (E, K)
+            if self.conv_w.size(1) != self.context_size:
+                raise ValueError(f"context_size {self.context_size} differs from the predictor kernel's "
+                                 f"{self.conv_w.size(1)}")
             self.conv_m, self.conv_shift = multiplier(s["emb"] * w.safe_scale() / s["conv"])
             self.conv_nnz = int((self.conv_w != 0).sum())
             self.conv_stats = stats.setdefault("predictor.conv", LayerStats())
@@ -243,6 +262,8 @@ class IntTransducer:
         self.predictor = IntPredictor(pred_cfg, weights, floats, act, self.stats, self.blank_id)
         self.joiner = IntJoiner(weights, floats, act, self.encoder.s["out"], self.predictor.s["out"], self.stats)
         self.subsampling_factor = 4 * self.encoder.k
+        if not 0 <= self.blank_id < self.joiner.vocab_size:
+            raise ValueError(f"blank_id {self.blank_id} is outside the {self.joiner.vocab_size}-token vocabulary")
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: CompressionSpec, model_cfg: Mapping[str, Any]) -> IntTransducer:

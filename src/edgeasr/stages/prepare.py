@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from edgeasr.data import ALL_SPLITS, EVAL_SPLITS, sources
 from edgeasr.data.augment import augment, corrupt
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
+from edgeasr.data.disk import disk_full_as_error, write_manifest
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
 from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
@@ -115,8 +116,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     p = cfg.prepare
     timings: dict[str, float] = {}
     flog = FilterLog()
-    # fresh: idempotent, a rerun never mixes old and new files
-    with open_stage(STAGE, cfg, fresh="out", results=False) as stage:
+    # fresh: idempotent, a rerun never mixes old and new files; a full disk is one line naming the folder
+    with open_stage(STAGE, cfg, fresh="out", results=False) as stage, disk_full_as_error(stage.out, stage.out):
         out, tracker = stage.out, stage.tracker
         (out / "manifests").mkdir()
         (out / "feats").mkdir()
@@ -144,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if "unlabeled" in cuts:
             scoring = [s for c in cuts["unlabeled"] for s in c.supervisions if s.text]
             (out / "scoring").mkdir()
-            SupervisionSet.from_segments(scoring).to_file(out / "scoring" / "supervisions_unlabeled.jsonl.gz")
+            write_manifest(SupervisionSet.from_segments(scoring), out / "scoring" / "supervisions_unlabeled.jsonl.gz")
             cuts["unlabeled"] = CutSet.from_cuts(
                 c.map_supervisions(lambda s: replace(s, text=None, custom=_without_classes(s.custom)))
                 for c in cuts["unlabeled"]
@@ -195,20 +196,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 if len(cs) == 0:
                     continue
                 log.info("features for %s (%d cuts, %.2f h)", split, len(cs), _hours(cs))
-                cs = cs.compute_and_store_features(
-                    extractor, storage_path=out / "feats" / split, num_jobs=p.num_jobs, executor=pool,
-                    storage_type=LilcomChunkyWriter, progress_bar=p.progress,
-                )
+                with disk_full_as_error(out / "feats" / split, out):
+                    cs = cs.compute_and_store_features(
+                        extractor, storage_path=out / "feats" / split, num_jobs=p.num_jobs, executor=pool,
+                        storage_type=LilcomChunkyWriter, progress_bar=p.progress,
+                    )
                 cuts[split] = CutSet.from_cuts(sorted(cs, key=lambda c: c.id))  # job order must not matter
             timings["time_s/features"] = time.perf_counter() - t
 
-        # Write validated manifests.
+        # Write validated manifests, each atomically (complete or absent); the cuts last, so that a
+        # split's cuts manifest implies its recordings and supervisions.
         for split, cs in cuts.items():
             validate(cs, read_data=False)
-            cs.to_file(out / "manifests" / f"cuts_{split}.jsonl.gz")
             r, s, _ = cs.decompose()
-            r.to_file(out / "manifests" / f"recordings_{split}.jsonl.gz")
-            s.to_file(out / "manifests" / f"supervisions_{split}.jsonl.gz")
+            write_manifest(r, out / "manifests" / f"recordings_{split}.jsonl.gz")
+            write_manifest(s, out / "manifests" / f"supervisions_{split}.jsonl.gz")
+            write_manifest(cs, out / "manifests" / f"cuts_{split}.jsonl.gz")
         flog.write(out / "filtered.jsonl")
 
         metrics = corpus_metrics(cuts, tok, flog)
