@@ -92,6 +92,42 @@ class CurriculumSampler:
         return iter(self.easy if self.epoch < self.epochs else self.full)
 
 
+class ResumableSampler:
+    """A training sampler that a resumed run fast-forwards to where its checkpoint left it.
+
+    Lightning restores the step, not the data position: resumed mid-epoch, it would start the
+    epoch's batches over, so the resumed run would train on other batches than an uninterrupted
+    one. ``consumed`` counts the batches of the current epoch that training took (counted by
+    :meth:`AsrDataModule.on_before_batch_transfer`, not here: the DataLoader fetches a batch
+    ahead); after :meth:`load_state_dict` the next pass is the same epoch's order with that many
+    batches skipped. lhotse samplers are deterministic given seed and epoch, so skipping is exact.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch, self.consumed, self._skip = 0, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.epoch, self.consumed, self._skip = int(epoch), 0, 0
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        # the epoch too: Lightning's first fetch of a resumed run comes before its set_epoch
+        self.set_epoch(int(state["epoch"]))
+        self.consumed = self._skip = int(state["consumed"])
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self.consumed = skip
+        for i, batch in enumerate(self.sampler):
+            if i >= skip:
+                yield batch
+
+
 class AsrDataModule(pl.LightningDataModule):
     """Train/val/test loaders from ``<manifest_dir>/cuts_<split>.jsonl.gz``.
 
@@ -117,6 +153,22 @@ class AsrDataModule(pl.LightningDataModule):
         self.max_duration, self.num_buckets = max_duration, num_buckets
         self.num_workers, self.seed = num_workers, seed
         self.curriculum = dict(curriculum) if curriculum else None
+        self._train_sampler: ResumableSampler | None = None
+        self._sampler_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
+
+    def state_dict(self) -> dict:
+        """Saved in Lightning checkpoints: where in which epoch the training batches are."""
+        return {"train_sampler": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state.get("train_sampler")
+        if self._train_sampler is not None and self._sampler_state is not None:
+            self._train_sampler.load_state_dict(self._sampler_state)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training and self._train_sampler is not None:
+            self._train_sampler.consumed += 1
+        return batch
 
     def cuts(self, split: str) -> CutSet:
         path = self.manifest_dir / f"cuts_{split}.jsonl.gz"
@@ -140,6 +192,11 @@ class AsrDataModule(pl.LightningDataModule):
         if sampler is None:
             sampler = (self._bucketing(cuts, self.max_duration) if train
                        else SimpleCutSampler(cuts, max_duration=self.max_duration, shuffle=False))
+        if train:
+            sampler = self._train_sampler = ResumableSampler(sampler)
+            if self._sampler_state is not None:
+                sampler.load_state_dict(self._sampler_state)
+                self._sampler_state = None
         return DataLoader(dataset or AsrDataset(self.tokenizer), sampler=sampler, batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

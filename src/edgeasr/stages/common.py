@@ -23,7 +23,7 @@ from edgeasr.evaluation import evaluate_splits, model_metrics
 from edgeasr.models import build_transducer
 from edgeasr.tracking import tracking_uri
 from edgeasr.training import TransducerLitModule
-from edgeasr.training.callbacks import LearningCurve, Throughput
+from edgeasr.training.callbacks import LastCheckpoint, LearningCurve, RngState, Throughput
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,13 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     if resume_from:
         log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
         tracker.set_tags({f"resumed_from_step{'.' + name if name else ''}": resumed_step})
+    # No best-v1.ckpt / last-v1.ckpt: a checkpoint whose state did not come back (the folder moved)
+    # is overwritten, never versioned beside a stale last.ckpt that the next resume would read.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/wer_select", mode="min", save_top_k=1,
-                           save_on_train_epoch_end=False)
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                           every_n_train_steps=int(section.checkpoint_every_n_steps))
+                           save_on_train_epoch_end=False, enable_version_counter=False)
+    # with the sampler position (the DataModule's state) and RngState: a resumed run trains as the
+    # uninterrupted one would have (tests/test_drills_resume.py)
+    last = LastCheckpoint(ckpt_dir, int(section.checkpoint_every_n_steps), int(section.val_every_n_steps))
     curve, speed = LearningCurve(), Throughput()
     t = cfg.trainer
     # An optional wall-clock cap on top of the step budget (the LR schedule still spans max_steps).
@@ -110,9 +113,9 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=run_id or tracker.run_id),
-        callbacks=[best, last, curve, speed, *callbacks], use_distributed_sampler=False, num_sanity_val_steps=0,
-        enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)), default_root_dir=str(out),
-        deterministic="warn",
+        callbacks=[best, last, curve, speed, RngState(), *callbacks], use_distributed_sampler=False,
+        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)),
+        default_root_dir=str(out), deterministic="warn",
     )
     trainer.fit(lit, datamodule=dm, ckpt_path=resume_from)
     if best.best_model_path:

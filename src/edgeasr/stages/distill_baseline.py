@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +66,23 @@ class _Job:
     out: str
     results: str
     result_file: str
+    parent_pid: int
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """End this process once its parent is gone. A SIGKILLed stage (kill -9, the OOM killer) runs
+    no cleanup: an orphaned baseline would train on and race the rerun's baseline over
+    checkpoints/baseline and results/ (tests/test_drills_resume.py)."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _child(job: _Job) -> None:
+    _exit_with_parent(job.parent_pid)
     torch.set_num_threads(1)
     cfg = OmegaConf.create(job.cfg)
     tracker = StageRun(MlflowClient(job.uri), job.run_id, job.parent_run_id, f"{STAGE}.baseline", uri=job.uri,
@@ -84,7 +101,7 @@ class BaselineProcess:
         self._result = out / "baseline_metrics.json"
         self._result.unlink(missing_ok=True)
         job = _Job(child_cfg, tracker.tracking_uri, tracker.run_id, tracker.parent_run_id, tracker.experiment_id,
-                   tracker.invocation, str(tracker.root), str(out), str(results), str(self._result))
+                   tracker.invocation, str(tracker.root), str(out), str(results), str(self._result), os.getpid())
         self._proc = mp.get_context("spawn").Process(target=_child, args=(job,), name="distill-baseline")
         self._proc.start()
         log.info("labels-only baseline training in process %d (1 thread)", self._proc.pid)

@@ -1,12 +1,17 @@
-"""Callbacks: training throughput (audio seconds per wall second) and the learning curve
-(validation WER against wall-clock minutes)."""
+"""Callbacks: training throughput (audio seconds per wall second), the learning curve
+(validation WER against wall-clock minutes), and what an exact resume needs beyond Lightning's
+checkpoint: the random generators' states and ``last.ckpt`` after a step's validation."""
 
 from __future__ import annotations
 
+import random
 import time
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class Throughput(pl.Callback):
@@ -82,3 +87,63 @@ class LearningCurve(pl.Callback):
         ax.grid(alpha=0.3)
         fig.tight_layout()
         return fig
+
+
+class RngState(pl.Callback):
+    """The global random generators (torch, numpy, python) in checkpoints, restored on resume.
+
+    Without it a resumed run draws dropout masks (and SpecAugment) from the seed's start, not
+    where the uninterrupted run was. Restored at train start, not on load: building the resumed
+    run's DataLoader iterator draws a seed from torch's generator, which the uninterrupted run
+    drew before the checkpoint. Plain tensors and ints only: Lightning loads ``weights_only``."""
+
+    def __init__(self):
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state
+
+    def on_train_start(self, trainer, pl_module):
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps``; at a step that also validates, after the validation.
+
+    Lightning's own saves before it, and a run resumed from there skips that validation (it
+    fast-forwards its progress): the learning curve loses the point and the best checkpoint may
+    be another. After the validation, the checkpoint holds its result and the best so far."""
+
+    def __init__(self, dirpath, every_n_train_steps: int, val_every_n_steps: int):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)
+        self.val_every = int(val_every_n_steps)
+
+    @property
+    def state_key(self) -> str:
+        # the key of the ModelCheckpoint it replaced: checkpoints written before still resume with its state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _validates(self, trainer) -> bool:
+        return False  # TEMP
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self._validates(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module):
+        step = trainer.global_step
+        if (not trainer.sanity_checking and step % self._every_n_train_steps == 0
+                and step != self._last_global_step_saved):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
