@@ -79,7 +79,7 @@ def assert_one_clear_line(err: DiskFullError, names) -> str:
 def assert_no_partial_manifest(out, complete: dict[str, int] | None = None) -> None:
     """Every cuts manifest present loads in full (``complete``: the cut counts of a good run)."""
     mdir = out / "manifests"
-    assert not list(mdir.glob(".*partial*")), "a temporary manifest was left behind"
+    assert not list(mdir.glob(".*")), "a temporary manifest was left behind"
     for path in mdir.glob("cuts_*.jsonl.gz"):
         n = len(CutSet.from_file(path).to_eager())  # raises on a truncated gzip or a cut-off JSON line
         if complete is not None:

@@ -1,8 +1,8 @@
 """Writing the prepare stage's outputs: manifests atomically, and a full disk as one clear error.
 
-A manifest is written to a temporary file in its own folder, flushed to disk (``fsync``) and
-renamed over its name (``os.replace``), so ``cuts_<split>.jsonl.gz`` is either complete or absent,
-never truncated by a crash or a full disk. The temporary name (``.cuts_<split>.partial<pid>``)
+A manifest is written through :func:`edgeasr.atomic.atomic_write` (a temporary file in its own
+folder, ``fsync``, ``os.replace``), so ``cuts_<split>.jsonl.gz`` is either complete or absent,
+never truncated by a crash or a full disk. The temporary name (``.cuts_<split>.jsonl.gz.tmp<pid>``)
 matches no manifest glob, and it is removed when the write fails.
 
 :func:`disk_full_as_error` turns ``ENOSPC`` / ``EDQUOT`` anywhere in a block (also from lhotse's
@@ -20,6 +20,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from edgeasr.atomic import atomic_write
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -45,39 +47,21 @@ def write_manifest(manifest, path: str | os.PathLike) -> Path:
     name = path.name
     if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
         raise ValueError(f"{path}: write_manifest writes .jsonl or .jsonl.gz manifests")
-    tmp = path.with_name(f".{name.split('.')[0]}.partial{os.getpid()}")
+
+    def write(raw) -> None:
+        # The same bytes lhotse's to_file writes (its gzip header names the final file, too).
+        f = gzip.GzipFile(filename=name, mode="wb", fileobj=raw) if name.endswith(".gz") else raw
+        for item in manifest.to_dicts():
+            f.write((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
+        if f is not raw:
+            f.close()
+
     try:
-        with open(tmp, "wb") as raw:
-            # The same bytes lhotse's to_file writes (its gzip header names the final file, too).
-            f = gzip.GzipFile(filename=name, mode="wb", fileobj=raw) if name.endswith(".gz") else raw
-            for item in manifest.to_dicts():
-                f.write((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
-            if f is not raw:
-                f.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
+        return atomic_write(path, write)
     except OSError as e:
         if e.errno in _FULL:
             e.filename = str(path)  # name the manifest, not its temporary file
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)  # the rename itself survives a power cut
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def full_disk_cause(exc: BaseException | None) -> OSError | None:

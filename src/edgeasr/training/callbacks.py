@@ -136,7 +136,8 @@ class LastCheckpoint(ModelCheckpoint):
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def _validates(self, trainer) -> bool:
-        return False  # TEMP
+        # Lightning validates after the batch whose global step is a multiple of val_check_interval
+        return self.val_every > 0 and trainer.global_step % self.val_every == 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self._validates(trainer):
