@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +76,51 @@ def sh(cmd: str, cwd: Path, env: dict[str, str]) -> str:
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free a moment ago; closed again, so a connection to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_http(args: list[str], cwd: Path, env: dict[str, str], ready_s: float = 300
+                ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` (``ui`` or ``server``) in its own
+    process group, output in ``cwd/mlflow.log``: ``(url, process)`` once ``/health`` answers; the
+    group is stopped afterwards. ``ready_s``: a 2-core machine busy with training starts it slowly."""
+    port, log_path = free_port(), cwd / "mlflow.log"
+    env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port),
+                                 "--workers", "1"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # own process group: stopped with its workers
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow {args[0]} exited:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow {args[0]} not ready in {ready_s} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, mlflow_http
 
 try:
     from selenium import webdriver
@@ -96,49 +91,12 @@ def test_js_number():
     assert {x: js_number(x) for x in cases} == cases
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_ui(tiny_pipeline, tmp_path) -> Iterator[str]:
     """`mlflow ui` over a copy of the tiny pipeline's store on a free port; its URL."""
-    port = _free_port()
-    log_path = tmp_path / "mlflow-ui.log"
-    env = {**tiny_pipeline.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tiny_pipeline.mlflow_db}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop it and its workers by its id
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow ui exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui not ready in {SERVER_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with mlflow_http(["ui", "--backend-store-uri", f"sqlite:///{tiny_pipeline.mlflow_db}"], tmp_path,
+                     tiny_pipeline.env, SERVER_TIMEOUT_S) as (url, _):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

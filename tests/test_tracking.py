@@ -12,13 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -500,53 +496,13 @@ def test_real_dvc_queued_experiment(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
     srv = tmp_path / "server"
     srv.mkdir()
-    log = open(srv / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{srv}/mlflow.db",
-            "--artifacts-destination", str(srv / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        cwd=srv, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # own process group: stop it and its workers by its id
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(srv / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not ready: {(srv / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with mlflow_http(["server", "--backend-store-uri", f"sqlite:///{srv}/mlflow.db", "--artifacts-destination",
+                      str(srv / "artifacts")], srv, _clean_env(), ready_s=90) as (url, _):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        log.close()
 
 
 @pytest.mark.slow

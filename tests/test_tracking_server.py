@@ -11,12 +11,12 @@ from __future__ import annotations
 import http.server
 import logging
 import os
-import socket
 import threading
 import time
 
 import pytest
 
+from conftest import free_port
 from edgeasr.tracking import TrackingServerUnreachable, stage_run, tracking_uri
 from edgeasr.tracking.server import HTTP_DEFAULTS, probe
 
@@ -34,11 +34,7 @@ def _mlflow_env(monkeypatch):
 @pytest.fixture
 def dead_uri(tmp_path, monkeypatch):
     """A repo in tmp_path whose MLFLOW_TRACKING_URI is a real closed port on this machine."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # closed now: a connection is refused at once
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"  # closed: a connection is refused at once
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -129,3 +125,44 @@ def test_local_and_file_stores_are_not_probed(tmp_path, monkeypatch):
 
     for uri in (f"sqlite:///{tmp_path}/x.db", f"file://{tmp_path}/mlruns", "databricks"):
         assert reachable_uri(uri, fallback=False) == (uri, None)
+
+
+def test_a_server_gone_mid_stage_stops_the_logging_not_the_stage(dead_uri, monkeypatch, caplog):
+    """The guard every StageRun logs through: a call failing on a dead server (a real closed port)
+    is dropped with one error naming the URI, and later calls are not even tried."""
+    from mlflow.tracking import MlflowClient
+
+    from edgeasr.tracking.guard import GuardedClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the drill measures the real retries
+    client = GuardedClient(MlflowClient(dead_uri), dead_uri)
+    assert client.tracking_uri == dead_uri  # attributes pass through
+    with caplog.at_level(logging.ERROR, logger="edgeasr.tracking"):
+        assert client.set_tag("0" * 32, "k", "v") is None
+        t0 = time.monotonic()
+        assert client.get_run("0" * 32) is None and client.log_param("0" * 32, "p", 1) is None
+    assert time.monotonic() - t0 < 0.5  # not tried
+    assert client.dropped == 3 and client.lost.startswith("set_tag failed: ")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0] and dead_uri in lines[0]
+
+
+def test_a_failing_call_to_a_live_server_is_raised(monkeypatch):
+    """A server that answers (here 404 to every API call) is no lost server: the error is real."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from edgeasr.tracking.guard import GuardedClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Status,), {"status": 404}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = GuardedClient(MlflowClient(url), url)
+        with pytest.raises(MlflowException):
+            client.set_tag("0" * 32, "k", "v")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert client.lost is None and client.dropped == 0

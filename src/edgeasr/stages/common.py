@@ -21,7 +21,7 @@ from edgeasr.compression.actquant import float_view
 from edgeasr.data.datamodule import AsrDataModule
 from edgeasr.evaluation import evaluate_splits, model_metrics
 from edgeasr.models import build_transducer
-from edgeasr.tracking import tracking_uri
+from edgeasr.tracking import StageRun
 from edgeasr.training import TransducerLitModule
 from edgeasr.training.callbacks import LastCheckpoint, LearningCurve, RngState, Throughput
 
@@ -63,6 +63,16 @@ def resumable_checkpoint(ckpt_dir: Path, fp: str, resume: bool) -> tuple[str, in
     ckpt_dir.mkdir(parents=True)
     stamp.write_text(fp + "\n")
     return None
+
+
+class StageLogger(MLFlowLogger):
+    """Lightning's MLflow logger on a run of the stage, through the stage's guarded client: a
+    tracking server that dies mid-training drops the logging, not the training (tracking.guard)."""
+
+    def __init__(self, tracker: StageRun, run_id: str):
+        super().__init__(tracking_uri=tracker.tracking_uri, run_id=run_id)
+        # Lightning's own client and its first-use run lookup (a server call) replaced by the stage's
+        self._mlflow_client, self._experiment_id, self._initialized = tracker.client, tracker.experiment_id, True
 
 
 def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig, tracker, out: Path, *,
@@ -112,7 +122,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
-        logger=MLFlowLogger(tracking_uri=tracking_uri(), run_id=run_id or tracker.run_id),
+        logger=StageLogger(tracker, run_id or tracker.run_id),
         callbacks=[best, last, curve, speed, RngState(), *callbacks], use_distributed_sampler=False,
         num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)),
         default_root_dir=str(out), deterministic="warn",

@@ -60,15 +60,13 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def _activate(stack: contextlib.ExitStack, run: StageRun) -> bool:
-    """Make ``run`` the active fluent run; False (with a warning) where mlflow refuses."""
+def _activate(stack: contextlib.ExitStack, run: StageRun) -> None:
+    """Make ``run`` the active fluent run; a warning where mlflow refuses."""
     try:
         stack.enter_context(FluentUri(run.tracking_uri))
         mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None)
-        return True
     except Exception as err:  # e.g. mlflow.set_experiment() set to another experiment
         log.warning("could not activate the stage run for mlflow's fluent API: %s", err)
-        return False
 
 
 def _exit_status(exc: BaseException | None) -> str:
@@ -82,24 +80,40 @@ def _exit_status(exc: BaseException | None) -> str:
     return "FAILED"
 
 
-def _close(run: StageRun, parent: Parent, status: str, activated: bool, roll_up: bool) -> None:
-    """Terminate the child (through the fluent API if it is the active run), roll the reports up,
-    and terminate the parent if this stage owns it. Failures here only warn."""
+def _end_fluent_run(run_id: str, status: str) -> None:
+    """Take the stage run off mlflow's fluent stack. mlflow pops it, then tells the server: one
+    quick try, no retries (the run is already terminated, or its server is gone)."""
+    top = mlflow.active_run()
+    if top is None or top.info.run_id != run_id:
+        return
+    with (_environ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), _environ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
+          contextlib.suppress(Exception)):
+        mlflow.end_run(status)
+
+
+def _close(run: StageRun, parent: Parent, status: str, roll_up: bool) -> None:
+    """Terminate the child, roll the reports up, and terminate the parent if this stage owns it.
+    Failures here only warn. If the server was lost during the stage, its runs are not closed: a
+    run whose logging was cut never looks FINISHED."""
+    client = run.client  # guarded: calls to a server found gone are dropped
     try:
-        top = mlflow.active_run() if activated else None
-        if top is not None and top.info.run_id == run.run_id:
-            mlflow.end_run(status)
-        else:
-            parent.client.set_terminated(run.run_id, status)
+        client.set_terminated(run.run_id, status)
     except Exception as err:
         log.warning("could not terminate stage run %s: %s", run.run_id, err)
     try:
         if roll_up:
-            rollup(parent.client, parent.run_id, run.root)
+            rollup(client, parent.run_id, run.root)
         if parent.owned:
-            parent.client.set_terminated(parent.run_id, status)
+            client.set_terminated(parent.run_id, status)
     except Exception as err:
         log.warning("could not roll up onto parent run %s: %s", parent.run_id, err)
+    lost = run.tracking_lost
+    _end_fluent_run(run.run_id, "FAILED" if lost else status)
+    if lost:
+        done = f"its outputs and {run.report_path} are written" if status == "FINISHED" else f"it ended {status}"
+        log.error("stage %s ran on without MLflow: tracking server %s lost (%s), %d calls dropped; %s; its "
+                  "MLflow run %s is incomplete and not marked FINISHED", run.stage, run.tracking_uri, lost,
+                  client.dropped, done, run.run_id)
 
 
 @contextmanager
@@ -146,7 +160,7 @@ def stage_run(
                        experiment_id=parent.experiment_id, invocation_key=parent.invocation_key, root=root,
                        report_dir=Path(report_dir) if report_dir is not None else None)
 
-        activated = _activate(stack, run)
+        _activate(stack, run)
         exc: BaseException | None = None
         try:
             run.log_params(params if params is not None else (cfg or {}))
@@ -155,4 +169,4 @@ def stage_run(
             exc = err
             raise
         finally:
-            _close(run, parent, _exit_status(exc), activated, roll_up=report_dir is None)
+            _close(run, parent, _exit_status(exc), roll_up=report_dir is None)

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from .guard import GuardedClient, guarded
 from .locations import repo_root
 from .tags import PARENT_RUN_TAG, TAG_KIND, TAG_STAGE, default_tags
 from .values import (
@@ -31,7 +32,7 @@ class StageRun:
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: MlflowClient | GuardedClient,
         run_id: str,
         parent_run_id: str,
         stage: str,
@@ -42,7 +43,8 @@ class StageRun:
         root: Path | None = None,
         report_dir: Path | None = None,
     ) -> None:
-        self.client = client
+        # a server that dies mid-stage stops the logging, not the stage (tracking.guard)
+        self.client = guarded(client, uri)
         self.run_id = run_id
         self.parent_run_id = parent_run_id
         self.stage = stage
@@ -52,6 +54,11 @@ class StageRun:
         self.root = root if root is not None else repo_root()  # fixed: stage code may chdir
         self.report_dir = Path(report_dir) if report_dir is not None else self.root / "reports"
         self._report: dict[str, int | float] = {}
+
+    @property
+    def tracking_lost(self) -> str | None:
+        """Why the tracking server was given up during the stage; None while it answers."""
+        return self.client.lost
 
     @property
     def report_path(self) -> Path:
@@ -106,7 +113,7 @@ class StageRun:
         tags = {TAG_KIND: "stage_part", TAG_STAGE: self.stage, PARENT_RUN_TAG: self.run_id,
                 "mlflow.source.name": f"pipelines/{self.stage}.py"}
         child = self.client.create_run(self.experiment_id, tags=default_tags(tags), run_name=f"{self.stage}/{name}")
-        run = StageRun(self.client, child.info.run_id, self.run_id, f"{self.stage}.{name}", uri=self.tracking_uri,
+        run = StageRun(self.client, child.info.run_id if child is not None else "",  # "": the server is gone self.run_id, f"{self.stage}.{name}", uri=self.tracking_uri,
                        experiment_id=self.experiment_id, invocation_key=self.invocation, root=self.root)
         status = "FAILED"
         try:
