@@ -1,6 +1,6 @@
 """What a crash, a full disk or a hung worker must not do:
 
-* leave a partial model file, report or export container under its real name: each is written to a
+* leave a partial model file, report, manifest or export container under its real name: each is written to a
   temp file that is fsynced before the rename (a rename of unsynced data can survive a power cut
   as an empty or partial file);
 * fail a training stage because its ``last.ckpt`` is corrupt: the stage starts fresh with a warning;
@@ -74,6 +74,20 @@ def test_container_is_synced_before_the_rename(tmp_path, io_log):
     write_container(path, {"model": "tiny"}, [], {"tokenizer": b"abc"})
     _synced_then_renamed(io_log, path)
     assert read_container(path).blobs["tokenizer"] == b"abc"
+
+
+def test_manifest_is_synced_before_the_rename(tmp_path, io_log):
+    """prepare's manifests and distill's pseudo-labels (edgeasr.data.disk.write_manifest)."""
+    from lhotse import CutSet
+    from lhotse.testing.dummies import DummyManifest
+
+    from edgeasr.data.disk import write_manifest
+
+    cuts = DummyManifest(CutSet, begin_id=0, end_id=5)
+    path = tmp_path / "distill" / "pseudo_labels.jsonl.gz"
+    write_manifest(cuts, path)
+    _synced_then_renamed(io_log, path)
+    assert CutSet.from_file(path).to_eager().ids == cuts.ids
 
 
 def test_a_crash_while_saving_keeps_the_old_model_file(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from lhotse import CutSet
 
 from conftest import compose
 from edgeasr.losses import collapsed_kl, collapsed_log_probs, node_mask
@@ -93,7 +94,6 @@ def test_collapsed_kl_rejects_nothing_silently_on_shape_mismatch():
 
 def _pseudo_from(cuts, tokenizer):
     """Stand-in pseudo labels: labeled cuts relabeled as unlabeled with their own token ids."""
-    from lhotse import CutSet
     from lhotse.utils import fastcopy
 
     out = []
@@ -163,8 +163,11 @@ def test_tiny_distill_stage_reports_student_baseline_and_pseudo_wer(tiny_prepare
                 "teacher_targets_s", "wer_ratio_to_teacher"):
         assert key in report, key
     assert report["pseudo/kept"] + report["pseudo/dropped_empty"] + report["pseudo/dropped_low_confidence"] == \
-        len(__import__("lhotse").CutSet.from_file(tmp_path / "data/prepare/manifests/cuts_unlabeled.jsonl.gz"))
+        len(CutSet.from_file(tmp_path / "data/prepare/manifests/cuts_unlabeled.jsonl.gz"))
     assert (job / "data/distill/model.pt").is_file()
+    pseudo = CutSet.from_file(job / "data/distill/pseudo_labels.jsonl.gz")
+    assert len(pseudo.to_eager()) == report["pseudo/kept"]  # written whole (write_manifest), no temp file left
+    assert not list((job / "data/distill").glob(".*"))
     assert (job / "data/distill/results/baseline/errs-test.txt").is_file()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])}

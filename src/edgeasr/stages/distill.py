@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from edgeasr.data.datamodule import DistillDataModule
+from edgeasr.data.disk import write_manifest
 from edgeasr.decoding import modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model, save_model
@@ -153,7 +154,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
                                           _scoring_transcripts(data_dir / "prepare"), progress)
         metrics.update(pl_metrics)
         metrics["pseudo_label_s"] = round(time.perf_counter() - t0, 2)
-        pseudo.to_file(out / "pseudo_labels.jsonl.gz")
+        write_manifest(pseudo, out / "pseudo_labels.jsonl.gz")  # temp file, fsync, rename: whole or absent
 
         targets = None
         if section.kd_weight > 0:
