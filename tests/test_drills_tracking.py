@@ -111,16 +111,17 @@ def test_tracking_server_killed_mid_stage_the_stage_still_writes_its_report(tiny
     # the failure is named: once when found, once in one line at the stage's end
     found = [line for line in out.splitlines() if "stopped answering" in line]
     final = [line for line in out.splitlines() if "ran on without MLflow" in line]
-    assert len(found) == 1 and uri in found[0] and "refused" in found[0].lower(), out[-4000:]
+    assert len(found) == 1 and uri in found[0] and "Connection refused" in found[0], out[-4000:]
     assert len(final) == 1 and uri in final[0] and f"reports/{STAGE}.json are written" in final[0], final
-    stall = _logged_at(found[0]) - killed_at
+    stall = float(re.search(r"failed after ([\d.]+) s", found[0]).group(1))  # MLflow's retries on one call
+    named = _logged_at(found[0]) - killed_at  # also the training until the stage's next MLflow call
     dropped = int(re.search(r"(\d+) calls dropped", final[0]).group(1))
-    assert 0 <= stall < MAX_STALL_S
+    assert stall < MAX_STALL_S and 0 <= named
 
     # nothing looks complete that is not: the cut-off run is left RUNNING (the server is down)
     final_status, steps_logged = _stage_run(db)
     assert final_status == "RUNNING" and steps_logged < STEPS
-    print(f"\ntracking-server drill: killed at step {steps_at_kill} of {STEPS}; the stage waited {stall:.1f} s "
-          f"on the dead server, dropped {dropped} MLflow calls, exit {rc}, report written; "
-          f"{steps_logged} steps in the store, run {final_status}; stage {wall:.0f} s")
+    print(f"\ntracking-server drill: killed at step {steps_at_kill} of {STEPS}; the failure named {named:.1f} s "
+          f"later, after {stall:.1f} s of MLflow retries on one call; {dropped} calls dropped, exit {rc}, "
+          f"report written; {steps_logged} steps in the store, run {final_status}; stage {wall:.0f} s")
 

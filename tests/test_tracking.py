@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mlflow_http
 from edgeasr import tracking
 from edgeasr.tracking import stage_run, tracking_uri
 from edgeasr.tracking.processes import is_dvc_cmdline

@@ -142,7 +142,7 @@ def test_a_server_gone_mid_stage_stops_the_logging_not_the_stage(dead_uri, monke
         t0 = time.monotonic()
         assert client.get_run("0" * 32) is None and client.log_param("0" * 32, "p", 1) is None
     assert time.monotonic() - t0 < 0.5  # not tried
-    assert client.dropped == 3 and client.lost.startswith("set_tag failed: ")
+    assert client.dropped == 3 and client.lost.startswith("set_tag failed after ") and "refused" in client.lost
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "\n" not in lines[0] and dead_uri in lines[0]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 from .server import is_http, probe
@@ -31,6 +32,8 @@ class GuardedClient:
         self.dropped = 0
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_client":  # copy/pickle probes; _client unset while unpickling
+            raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr) or not is_http(self.uri):
             return attr
@@ -40,16 +43,17 @@ class GuardedClient:
             if self.lost is not None:
                 self.dropped += 1
                 return None
+            t0 = time.monotonic()
             try:
                 return attr(*args, **kwargs)
-            except Exception as err:
+            except Exception:
                 down = probe(self.uri)
                 if down is None:
                     raise  # the server answers: a real error
-                self.lost, self.dropped = f"{name} failed: {down}", self.dropped + 1
-                log.error("MLflow tracking server %s stopped answering (%s; %s); the stage goes on without "
-                          "MLflow and still writes its outputs and report", self.uri, self.lost,
-                          str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+                self.lost = f"{name} failed after {time.monotonic() - t0:.1f} s; /health: {down}"
+                self.dropped += 1
+                log.error("MLflow tracking server %s stopped answering (%s); the stage goes on without MLflow "
+                          "and still writes its outputs and report", self.uri, self.lost)
                 return None
 
         return call
