@@ -43,7 +43,7 @@ from edgeasr.data.cleaning import FilterLog, clean_split
 
 CASES = 1000
 SEED = 151
-CASE_LIMIT_S = 20.0  # generous for a loaded 2-core machine; a hang is minutes
+CASE_LIMIT_S = 20.0  # CPU seconds per case, generous; a hang is minutes
 TEXTS = ["turn on the kitchen lights", "play some music please", "set a timer for ten minutes"]
 
 
