@@ -261,6 +261,22 @@ def test_same_process_stages_share_parent_and_statuses(repo):
     assert client.get_run(first.parent_run_id).info.status == "FINISHED"  # re-finished
 
 
+def test_nested_runs_under_the_stage_run(repo):
+    """``StageRun.nested`` (distill's baseline): ``<stage>/<name>`` under the stage's run, FINISHED
+    or FAILED with its block, logging through the stage's (guarded) client."""
+    with stage_run("distill", {}) as run:
+        with run.nested("baseline") as base:
+            base.log_metrics({"val/wer": 50.0}, step=3)
+        with pytest.raises(RuntimeError, match="boom"), run.nested("other") as other:
+            raise RuntimeError("boom")
+    client = _client()
+    assert base.client is run.client and base.stage == "distill.baseline"
+    for child, name, status in ((base, "distill/baseline", "FINISHED"), (other, "distill/other", "FAILED")):
+        r = client.get_run(child.run_id)
+        assert (r.info.run_name, r.info.status, r.data.tags["mlflow.parentRunId"]) == (name, status, run.run_id)
+    assert client.get_run(base.run_id).data.metrics == {"val/wer": 50.0}
+
+
 def test_explicit_parent_env(repo, monkeypatch):
     client = _client()
     exp_id = client.create_experiment("owner", artifact_location=(repo / "mlruns").as_uri())

@@ -113,7 +113,8 @@ class StageRun:
         tags = {TAG_KIND: "stage_part", TAG_STAGE: self.stage, PARENT_RUN_TAG: self.run_id,
                 "mlflow.source.name": f"pipelines/{self.stage}.py"}
         child = self.client.create_run(self.experiment_id, tags=default_tags(tags), run_name=f"{self.stage}/{name}")
-        run = StageRun(self.client, child.info.run_id if child is not None else "",  # "": the server is gone self.run_id, f"{self.stage}.{name}", uri=self.tracking_uri,
+        run_id = child.info.run_id if child is not None else ""  # None: the server is gone (tracking.guard)
+        run = StageRun(self.client, run_id, self.run_id, f"{self.stage}.{name}", uri=self.tracking_uri,
                        experiment_id=self.experiment_id, invocation_key=self.invocation, root=self.root)
         status = "FAILED"
         try:
