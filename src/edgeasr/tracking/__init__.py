@@ -23,15 +23,16 @@ or, with ``tracking.fallback_to_local: true`` in the config, the stage logs to t
 store and says so (a warning, and the ``edgeasr.tracking_fallback_from`` tag on its runs).
 Importing this package also sets MLflow's HTTP retry count, backoff and request timeout to
 seconds instead of minutes (:data:`server.HTTP_DEFAULTS`, only where the variables are unset).
+A server that dies while the stage runs stops its logging, not the stage (``guard``).
 
 ``MLFLOW_RUN_ID`` is deliberately not used to pass the parent: ``mlflow.start_run`` *reopens*
 that run instead of nesting under it.
 
 The modules, one job each: ``locations`` (workspace, store URI), ``processes`` (the invocation
 from the process tree), ``parent`` (the parent run, file lock), ``lifecycle`` (:func:`stage_run`),
-``run`` (:class:`StageRun`), ``server`` (the remote store's probe, HTTP limits), ``rollup``
-(reports onto the parent), ``values`` (params and metrics checked against MLflow's limits, the
-report file), ``tags``, ``fluent`` (mlflow's fluent API).
+``run`` (:class:`StageRun`), ``server`` (the remote store's probe, HTTP limits), ``guard`` (a
+server lost mid-stage), ``rollup`` (reports onto the parent), ``values`` (params and metrics
+checked against MLflow's limits, the report file), ``tags``, ``fluent`` (mlflow's fluent API).
 """
 
 from .lifecycle import stage_run
