@@ -80,40 +80,42 @@ def _exit_status(exc: BaseException | None) -> str:
     return "FAILED"
 
 
-def _end_fluent_run(run_id: str, status: str) -> None:
-    """Take the stage run off mlflow's fluent stack. mlflow pops it, then tells the server: one
-    quick try, no retries (the run is already terminated, or its server is gone)."""
+def _is_fluent(run_id: str) -> bool:
     top = mlflow.active_run()
-    if top is None or top.info.run_id != run_id:
-        return
-    with (_environ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), _environ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
-          contextlib.suppress(Exception)):
-        mlflow.end_run(status)
+    return top is not None and top.info.run_id == run_id
 
 
 def _close(run: StageRun, parent: Parent, status: str, roll_up: bool) -> None:
-    """Terminate the child, roll the reports up, and terminate the parent if this stage owns it.
-    Failures here only warn. If the server was lost during the stage, its runs are not closed: a
-    run whose logging was cut never looks FINISHED."""
+    """Terminate the child (through the fluent API if it is the active run), roll the reports up,
+    and terminate the parent if this stage owns it. Failures here only warn. If the server was lost
+    during the stage, none of this is tried (a run whose logging was cut never looks FINISHED)."""
     client = run.client  # guarded: calls to a server found gone are dropped
-    try:
-        client.set_terminated(run.run_id, status)
-    except Exception as err:
-        log.warning("could not terminate stage run %s: %s", run.run_id, err)
-    try:
-        if roll_up:
-            rollup(client, parent.run_id, run.root)
-        if parent.owned:
-            client.set_terminated(parent.run_id, status)
-    except Exception as err:
-        log.warning("could not roll up onto parent run %s: %s", parent.run_id, err)
+    if run.tracking_lost is None:
+        try:
+            if _is_fluent(run.run_id):
+                mlflow.end_run(status)
+            else:
+                client.set_terminated(run.run_id, status)
+        except Exception as err:
+            log.warning("could not terminate stage run %s: %s", run.run_id, err)
+        try:
+            if roll_up:
+                rollup(client, parent.run_id, run.root)
+            if parent.owned:
+                client.set_terminated(parent.run_id, status)
+        except Exception as err:
+            log.warning("could not roll up onto parent run %s: %s", parent.run_id, err)
     lost = run.tracking_lost
-    _end_fluent_run(run.run_id, "FAILED" if lost else status)
-    if lost:
-        done = f"its outputs and {run.report_path} are written" if status == "FINISHED" else f"it ended {status}"
-        log.error("stage %s ran on without MLflow: tracking server %s lost (%s), %d calls dropped; %s; its "
-                  "MLflow run %s is incomplete and not marked FINISHED", run.stage, run.tracking_uri, lost,
-                  client.dropped, done, run.run_id)
+    if not lost:
+        return
+    if _is_fluent(run.run_id):  # mlflow pops it, then tells the server: one quick try, no retries
+        with (_environ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), _environ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
+              contextlib.suppress(Exception)):
+            mlflow.end_run("FAILED")
+    done = f"its outputs and {run.report_path} are written" if status == "FINISHED" else f"it ended {status}"
+    log.error("stage %s ran on without MLflow: tracking server %s lost (%s), %d calls dropped; %s; its "
+              "MLflow run %s is incomplete and not marked FINISHED", run.stage, run.tracking_uri, lost,
+              client.dropped, done, run.run_id)
 
 
 @contextmanager
