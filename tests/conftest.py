@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -76,6 +78,31 @@ def sh(cmd: str, cwd: Path, env: dict[str, str]) -> str:
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage run as its own process: none of this process's MLflow, DVC or
+    parent-run variables, this checkout's ``src`` first on ``PYTHONPATH``, ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "EDGEASR_PARENT"))}
+    path = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": path, **extra}
+
+
+def run_progress(db: Path, run_name: str) -> tuple[str, int]:
+    """``(status, training steps logged)`` of the run named ``run_name`` in the MLflow sqlite store
+    ``db``, read directly (cheap enough to poll while a stage writes); ``("", 0)`` before it exists.
+    Counts the steps when the stage logs every one (``trainer.log_every_n_steps=1``)."""
+    if not db.is_file():
+        return "", 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            status, step = con.execute(
+                "SELECT r.status, MAX(m.step) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid LEFT JOIN metrics m "
+                "ON m.run_uuid = r.run_uuid AND m.key = 'train/loss' WHERE t.key = 'mlflow.runName' AND t.value = ?",
+                (run_name,)).fetchone()
+    except sqlite3.OperationalError:  # locked, or the tables not created yet
+        return "", 0
+    return status or "", 0 if step is None else step + 1  # Lightning logs step k (1-based) as k - 1
 
 
 def free_port() -> int:

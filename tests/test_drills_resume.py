@@ -10,12 +10,9 @@ kill -9 and resume"; ``-s`` prints them.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,7 +23,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_progress, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +47,13 @@ DRILL["mwer"] = ["mwer.max_steps=6", "mwer.checkpoint_every_n_steps=3", "mwer.va
 FIGURES: list[dict] = []
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)}
-
-
 def _cmd(stage: str) -> list[str]:
     return [sys.executable, str(REPO / "pipelines" / f"{stage}.py"), *COMMON, *DRILL[stage]]
 
 
 def run_stage(root: Path, stage: str) -> tuple[dict, str]:
     """Run ``stage`` to completion in ``root``; returns its report and its output."""
-    res = subprocess.run(_cmd(stage), cwd=root, env=_env(), capture_output=True, text=True, timeout=1800)
+    res = subprocess.run(_cmd(stage), cwd=root, env=stage_env(), capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, f"{stage} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return json.loads((root / "reports" / f"{stage}.json").read_text()), res.stdout + res.stderr
 
@@ -76,19 +67,8 @@ def _ckpt_step(path: Path) -> tuple[int, int, int]:
 
 
 def steps_logged(root: Path, stage: str) -> int:
-    """Training steps the stage's MLflow run has logged (every step is, see COMMON); sqlite
-    directly: cheap enough to poll while the stage writes."""
-    db = root / "mlflow.db"
-    if not db.is_file():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            (step,), = con.execute(
-                "SELECT MAX(m.step) FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid WHERE m.key = 'train/loss' "
-                "AND t.key = 'mlflow.runName' AND t.value = ?", (stage,)).fetchall()
-    except sqlite3.OperationalError:  # locked, or the tables not created yet
-        return 0
-    return 0 if step is None else step + 1  # Lightning logs step k (1-based) as k - 1
+    """Training steps the stage's MLflow run has logged (every step is, see COMMON)."""
+    return run_progress(root / "mlflow.db", stage)[1]
 
 
 def _last_ckpts(root: Path, stage: str) -> dict[str, Path]:
@@ -104,7 +84,7 @@ def kill_mid_interval(root: Path, stage: str, past: int = 2, timeout: float = 18
     lasts = _last_ckpts(root, stage)
     own = next(iter(lasts.values()))
     log = open(root / f"{stage}.killed.log", "w")
-    proc = subprocess.Popen(_cmd(stage), cwd=root, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_cmd(stage), cwd=root, env=stage_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline, ckpt = time.time() + timeout, 0
     try:
         while proc.poll() is None and time.time() < deadline:

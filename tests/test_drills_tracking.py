@@ -11,22 +11,19 @@ drills"; ``-s`` prints them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, mlflow_http
+from conftest import REPO, mlflow_http, run_progress, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -42,29 +39,6 @@ KILL_AT_STEP = 3
 MAX_STALL_S = 60
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "EDGEASR_PARENT"))}
-    return {**env, **extra, "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)}
-
-
-def _query(db: Path, sql: str, *args):
-    """One row from the server's store, read-only (cheap enough to poll while it writes)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-        return con.execute(sql, args).fetchone()
-
-
-def _stage_run(db: Path) -> tuple[str, int]:
-    """``(status, training steps logged)`` of the stage's run in the server's store."""
-    try:
-        status, step = _query(db, "SELECT r.status, MAX(m.step) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                                  "LEFT JOIN metrics m ON m.run_uuid = r.run_uuid AND m.key = 'train/loss' "
-                                  "WHERE t.key = 'mlflow.runName' AND t.value = ?", STAGE)
-    except sqlite3.OperationalError:  # locked, or the tables not there yet
-        return "", 0
-    return status or "", 0 if step is None else step + 1  # Lightning logs step k (1-based) as k - 1
-
-
 def _logged_at(line: str) -> float:
     """The wall-clock time of a Hydra log line (``[2026-11-30 10:15:01,123][name][LEVEL] - ...``)."""
     stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", line).group(1)
@@ -77,18 +51,19 @@ def test_tracking_server_killed_mid_stage_the_stage_still_writes_its_report(tiny
     shutil.copytree(tiny_prepared[0] / "data" / "prepare", work / "data" / "prepare")
     db = srv / "mlflow.db"
     server_args = ["server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(srv / "art")]
-    with mlflow_http(server_args, srv, _env()) as (uri, server):
+    with mlflow_http(server_args, srv, stage_env()) as (uri, server):
         log_path = work / f"{STAGE}.out"
         with open(log_path, "w") as log:
             t0 = time.monotonic()
             stage = subprocess.Popen([sys.executable, str(REPO / "pipelines" / f"{STAGE}.py"), *ARGS], cwd=work,
-                                     env=_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT)
+                                     env=stage_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT)
             try:
                 deadline = time.monotonic() + 1800
-                while stage.poll() is None and _stage_run(db)[1] < KILL_AT_STEP and time.monotonic() < deadline:
+                while (stage.poll() is None and run_progress(db, STAGE)[1] < KILL_AT_STEP
+                       and time.monotonic() < deadline):
                     time.sleep(0.2)
                 assert stage.poll() is None, f"{STAGE} ended before the kill:\n{log_path.read_text()[-3000:]}"
-                status, steps_at_kill = _stage_run(db)
+                status, steps_at_kill = run_progress(db, STAGE)
                 os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, as `kill -9` / the OOM killer
                 killed_at = time.time()
                 server.wait(10)
@@ -119,7 +94,7 @@ def test_tracking_server_killed_mid_stage_the_stage_still_writes_its_report(tiny
     assert stall < MAX_STALL_S and 0 <= named
 
     # nothing looks complete that is not: the cut-off run is left RUNNING (the server is down)
-    final_status, steps_logged = _stage_run(db)
+    final_status, steps_logged = run_progress(db, STAGE)
     assert final_status == "RUNNING" and steps_logged < STEPS
     print(f"\ntracking-server drill: killed at step {steps_at_kill} of {STEPS}; the failure named {named:.1f} s "
           f"later, after {stall:.1f} s of MLflow retries on one call; {dropped} calls dropped, exit {rc}, "
