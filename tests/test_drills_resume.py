@@ -44,6 +44,7 @@ DRILL = {s: [f"{s}.max_steps=12", f"{s}.checkpoint_every_n_steps=4", f"{s}.val_e
 DRILL["compress"] += ["compress.baseline=false", "compress.pruning.end_step=8", "compress.pruning.update_every=2",
                       "compress.regularizer.ramp_steps=4"]
 DRILL["mwer"] = ["mwer.max_steps=6", "mwer.checkpoint_every_n_steps=3", "mwer.val_every_n_steps=3"]
+ORPHAN_WAIT_S = 300
 FIGURES: list[dict] = []
 
 
@@ -104,13 +105,16 @@ def kill_mid_interval(root: Path, stage: str, past: int = 2, timeout: float = 18
         log.close()
     ckpts = {f: _ckpt_step(last)[0] if last.is_file() else 0 for f, last in lasts.items()}
     # A helper process must not outlive the stage: it would race the rerun over the same files.
-    # Theirs watch their parent every second (distill_baseline); one alive after 10 s is an orphan.
-    _, alive = psutil.wait_procs(children, timeout=10)
+    # distill's baseline watches its parent every second once its code runs; one still importing
+    # (minutes on a machine busy with other trainings) gets there first. Alive after that: an orphan.
+    t0 = time.monotonic()
+    _, alive = psutil.wait_procs(children, timeout=ORPHAN_WAIT_S)
+    helpers_s = time.monotonic() - t0
     for p in alive:
         p.kill()
     ckpt_step, epoch, consumed = _ckpt_step(own)
     return {"ckpt_step": ckpt_step, "epoch": epoch, "consumed": consumed, "steps_done": steps_logged(root, stage),
-            "ckpts": ckpts, "helpers": len(children), "orphans": [p.pid for p in alive]}
+            "ckpts": ckpts, "helpers": len(children), "helpers_s": helpers_s, "orphans": [p.pid for p in alive]}
 
 
 def _stage_runs(root: Path, stage: str):
@@ -201,8 +205,9 @@ def clean_chain(tiny_prepared, tmp_path_factory, request):
         print("\nkill -9 drill: stage | steps done at the kill | resumed from (epoch, its batches done) | result")
         for f in FIGURES:
             others = ", ".join(f"{k} from {v}" for k, v in list(f["ckpts"].items())[1:])  # 0: started over
+            gone = f"; helpers gone {f['helpers_s']:.1f} s after the kill" if f["helpers"] else ""
             print(f"  {f['stage']} | {f['steps_done']} | {f['ckpt_step']} ({f['epoch']}, {f['consumed']})"
-                  f"{' + ' + others if others else ''} | {f['verdict']}")
+                  f"{' + ' + others if others else ''} | {f['verdict']}{gone}")
 
 
 @pytest.mark.parametrize("stage", STAGES)
