@@ -230,6 +230,8 @@ def test_same_up_to_ties_tells_ties_from_differences():
     near = build_lattice([hyp("tu on", 1, 1.05), hyp("tu off", 2, 1), hyp("tu the", 3, 1.02)])  # "a"/"the": boundary tie
     assert same_up_to_ties(a, near, tol=0.1)
     assert not same_up_to_ties(a, near, tol=0.01)  # the shared path's cost moved by 0.05
+    resplit = build_lattice([hyp("tu on", 1.5, 0.5), hyp("tu off", 2, 1), hyp("tu a", 3, 1)])
+    assert same_up_to_ties(a, resplit, tol=0.01)  # another BPE spelling: same total, another split
     lost = build_lattice([hyp("tu off", 2, 1), hyp("tu a", 3, 1), hyp("tu the", 3, 1.02)])  # the 1-best gone
     assert not same_up_to_ties(a, lost, tol=0.1)
 
