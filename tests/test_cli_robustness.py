@@ -173,3 +173,26 @@ def test_malformed_model_files_name_the_file_in_one_line(assets, capsys, tmp_pat
     }
     for name, changes in cases.items():
         _assert_refused(capsys, _with(assets, tmp_path, name, **changes), assets["tok"])
+
+
+def test_the_cli_decodes_with_the_models_own_tokens_per_frame(assets, tmp_path):  # noqa: F811
+    """A model.pt's ``decoding`` meta (and an export's header) sets greedy tokens per frame; a
+    malformed value is one CliError naming the file."""
+    from edgeasr.cli_base import CliError
+    from edgeasr.decoding import greedy_search
+    from edgeasr.models.io import load_model, save_model
+
+    model, meta = load_model(assets["student"])
+    feats = assets["batch"]["features"][0]
+    enc, lens = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]))
+    for n in (1, 3):
+        path = tmp_path / f"sym{n}" / "model.pt"
+        save_model(path, model, meta["model_cfg"], meta={"stage": "distill", "decoding": {"max_sym_per_frame": n}})
+        rec = load_recognizer(path, tokenizer=assets["tok"])
+        assert rec.max_sym_per_frame == n
+        assert rec.recognize(feats) == greedy_search(model, enc, lens, n)[0]
+    assert load_recognizer(assets["student"], tokenizer=assets["tok"]).max_sym_per_frame == 1  # no meta: 1
+    bad = tmp_path / "bad" / "model.pt"
+    save_model(bad, model, meta["model_cfg"], meta={"stage": "distill", "decoding": {"max_sym_per_frame": "all"}})
+    with pytest.raises(CliError, match=r"bad/model.pt: .*max_sym_per_frame must be an integer"):
+        load_recognizer(bad, tokenizer=assets["tok"]).recognize(feats)

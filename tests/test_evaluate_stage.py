@@ -52,10 +52,14 @@ def export_root(tiny_prepared, tmp_path, monkeypatch):
 def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root):
     from mlflow.tracking import MlflowClient
 
+    from edgeasr.lattice import read_lattices
+    from edgeasr.runtime import load_student
     from edgeasr.stages.evaluate import run
 
     # no PyTorch model or sherpa-onnx bundles in this workspace: the pipeline test covers that step
-    cfg = compose(["experiment=tiny", "trainer.progress=false", "evaluate.sherpa.enabled=false"])
+    # (nor a PyTorch model to compare lattices with: test_lattice.py does on the tiny pipeline)
+    cfg = compose(["experiment=tiny", "trainer.progress=false", "evaluate.sherpa.enabled=false",
+                   "evaluate.lattice.compare_pytorch=false"])
     metrics = run(cfg)
     report = json.loads((export_root / "reports/evaluate.json").read_text())
     assert report == pytest.approx(metrics)
@@ -89,10 +93,23 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     profiles = json.loads((results / "profiles.json").read_text())
     assert set(profiles) == {"edge_npu", "compute_bound", "memory_bound", "ethos_u65"}
 
+    # N-best lattices: the oracle never above the 1-best and equal to it at N = 1, bytes << the audio's
+    assert report["lattice/oracle_wer/n1/test"] == report["lattice/wer_1best/test"]
+    assert report["lattice/oracle_wer/n8/test"] <= report["lattice/oracle_wer/n4/test"] <= report["lattice/wer_1best/test"]
+    assert report["lattice/paths_per_utt/n1"] == 1 <= report["lattice/paths_per_utt/n4"] <= 4
+    assert report["lattice/bytes_per_utt"] == report["lattice/bytes_per_utt/n8"] > 0
+    assert report["lattice/pcm_ratio"] >= 20 and "lattice/pytorch/same_up_to_ties" not in report
+    lattices = results / "lattices"
+    assert len(list((lattices / "draw").glob("*.dot"))) == cfg.evaluate.lattice.draw_utts
+    sent = read_lattices(lattices / "test.jsonl.gz", load_student(export_root / "data/export/student.edgeasr").tokens)
+    assert len(sent) == report["lattice/utts"] and all(lat.paths() for lat in sent.values())
+
     client = MlflowClient(f"sqlite:///{export_root}/mlflow.db")
     run_ = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
             if r.info.run_name == "evaluate"][0]
     arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \
         {a.path for a in client.list_artifacts(run_.info.run_id, "results")}
     assert {"roofline.png", "results/layers.json", "results/layers.txt"} <= arts
+    drawn = {a.path for a in client.list_artifacts(run_.info.run_id, "lattices")}
+    assert len([p for p in drawn if p.endswith(".dot")]) == cfg.evaluate.lattice.draw_utts  # + .png with graphviz
     assert run_.data.metrics["hw/compute_bound/speedup_sparse_vs_dense"] >= 1.8

@@ -48,6 +48,17 @@ def test_tiny_export_writes_a_validated_file_the_integer_runtime_decodes(student
     write_container(broken, c.header, {k: v for k, v in c.tensors.items() if "lstms.1" not in k})
     with pytest.raises(ExportFormatError, match="do not match"):
         load_student(broken)
+    # the header says how the model decodes (greedy tokens per frame); the runtime and the CLI read it
+    want = int(compose(["experiment=tiny"]).export.decoding.max_sym_per_frame)
+    assert rt.header["decoding"] == {"max_sym_per_frame": want} and rt.max_sym_per_frame == want > 1
+    older = student_root / "older.edgeasr"
+    write_container(older, {k: v for k, v in c.header.items() if k != "decoding"}, c.tensors)
+    assert load_student(older).max_sym_per_frame == 1  # files from before the field: sherpa's 1
+    for bad in ({"max_sym_per_frame": 0}, {"max_sym_per_frame": "2"}, {"max_sym_per_frame": 99}, [2]):
+        odd = student_root / "odd.edgeasr"
+        write_container(odd, {**c.header, "decoding": bad}, c.tensors)
+        with pytest.raises(ExportFormatError, match="max_sym_per_frame must be an integer"):
+            load_student(odd)
     assert report["size_budget_bytes"] == 524288 and report["size_bytes"] <= 524288
     # a file over the device's budget fails the stage and names the knobs that shrink it
     with pytest.raises(ValueError, match=r"exceed export.max_size_bytes=1000 .*compress.sparsity"):

@@ -103,6 +103,14 @@ def test_the_runtime_imports_no_training_code():
     assert not _violations("edgeasr.runtime", ("edgeasr.compression", "edgeasr.training"))
 
 
+def test_the_lattice_builds_on_the_decoders_alone():
+    """Lattices are made on the device from any model with the decoding interface: no training side,
+    no model classes, no runtime (it serves the PyTorch student and the runtime alike)."""
+    banned = ("edgeasr.compression", "edgeasr.training", "edgeasr.stages", "edgeasr.models", "edgeasr.data",
+              "edgeasr.runtime", "edgeasr.tracking")
+    assert not _violations("edgeasr.lattice", banned)
+
+
 def test_the_compression_spec_imports_no_component_that_reads_it():
     banned = ("edgeasr.runtime", "edgeasr.emulator", "edgeasr.compression", "edgeasr.training", "edgeasr.export")
     assert not _violations("edgeasr.quantspec", banned)

@@ -68,4 +68,4 @@ def test_ci_runs_the_readme_test_command_with_the_constraints():
     assert ci[-1] == readme
     assert sum(line.startswith("python3 -m venv") for line in ci) == 1
     assert "pip install -c constraints.txt -e '.[test]'" in readme
-    assert "pip install -c constraints.txt -e . " in _readme_block_after("on the embedded default corpus:")
+    assert "pip install -c constraints.txt -e '.[reference]' " in _readme_block_after("on the embedded default corpus:")

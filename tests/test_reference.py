@@ -10,8 +10,11 @@ import struct
 import sys
 
 import pytest
+from lhotse import CutSet
 
 from conftest import compose
+
+from edgeasr.stages.reference import decode_split, pick, recognizer_options
 
 
 # --------------------------------------------------------------------------- scoring (fast)
@@ -181,6 +184,18 @@ def test_tiny_reference_stage(tiny_prepared, tmp_path, monkeypatch):
             assert (results / f).is_file(), f
         assert len((results / f"recogs-{split}.txt").read_text().splitlines()) == 8  # ref + hyp per utterance
     assert "wer/missing" not in report
+    assert report["elapsed_s/test"] > 0
+
+    # two worker processes decode fixed shards with seeded models: a rerun gives the same text
+    cuts = pick(list(CutSet.from_file("data/prepare/manifests/cuts_test.jsonl.gz")), 4)
+    rows, _ = decode_split(recognizer_options(cfg), int(cfg.seed), cuts, 2, False, "rerun")
+    first = [json.loads(line) for line in (tmp_path / "data/reference/results/transcripts-test.jsonl").open()]
+    assert [r["id"] for r in rows] == [r["id"] for r in first] == [c.id for c in cuts]
+    assert [r["text"] for r in rows] == [r["text"] for r in first]
+    # a worker that cannot read its audio fails the split with the utterance count, not a hang
+    broken = cuts[0].with_recording_path_prefix("missing-dir")
+    with pytest.raises(RuntimeError, match=r"worker failed after \d+/2 utterances: AudioLoadingError"):
+        decode_split(recognizer_options(cfg), int(cfg.seed), [cuts[1], broken], 2, False, "broken")
     # Whisper tiny.en is far better than chance on eSpeak speech (NOTES §11: 75 % on the default test split)
     assert report["wer_whisper_norm/test"] < 100
     assert report["size_bytes"] > 70e6 and 37e6 < report["params"] < 40e6

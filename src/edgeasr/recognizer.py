@@ -26,7 +26,7 @@ from edgeasr.export import MAGIC, ExportFormatError
 from edgeasr.export.reader import _what_is
 from edgeasr.models.io import load_model
 from edgeasr.quantspec import SpecError, read_spec
-from edgeasr.runtime import IntTransducer, load_student, tokens_to_text
+from edgeasr.runtime import MAX_SYM_PER_FRAME, IntTransducer, load_student, tokens_to_text
 
 ZIP_MAGIC = b"PK\x03\x04"
 EXPECTED_MODEL = ("expected a stage's model file (data/<stage>/model.pt, a PyTorch zip) or an exported "
@@ -46,6 +46,19 @@ class Recognizer:
     meta: dict = field(default_factory=dict)
     note: Notes | None = None  # where the too-short warnings go (default: stderr)
     _stream_rt: Any = None
+
+    @property
+    def max_sym_per_frame(self) -> int:
+        """Greedy tokens per encoder frame, as the model's stage evaluated it (export header, or the
+        ``decoding`` meta of a model.pt; 1 for files that predate it)."""
+        if self.kind == "exported":
+            return int(self.model.max_sym_per_frame)
+        dec = self.meta.get("decoding", {})
+        n = dec.get("max_sym_per_frame", 1) if isinstance(dec, dict) else None
+        if type(n) is not int or not 1 <= n <= MAX_SYM_PER_FRAME:
+            raise CliError(f"{self.path}: its meta decoding={dec!r}: max_sym_per_frame must be an integer in "
+                           f"1..{MAX_SYM_PER_FRAME}")
+        return n
 
     @property
     def min_input_frames(self) -> int:
@@ -89,7 +102,7 @@ class Recognizer:
                 return self._stream(feats, chunk_frames)
             enc, enc_lens = self.model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]))
             if method == "greedy":
-                return list(greedy_search(self.model, enc, enc_lens)[0])
+                return list(greedy_search(self.model, enc, enc_lens, self.max_sym_per_frame)[0])
             nbest = modified_beam_search(self.model, enc, enc_lens, beam=beam)[0]
             return list(nbest[0].tokens) if nbest else []
 
@@ -101,13 +114,14 @@ class Recognizer:
             state = rt.encoder.init_state()
             for i in range(0, feats.size(0), chunk_frames):
                 out, state = rt.encoder.infer(rt.encoder.quantize_input(feats[i: i + chunk_frames]), state)
-                hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec)
+                hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec,
+                                                    max_sym_per_frame=self.max_sym_per_frame)
             return list(hyps[0])
         model, state = self.model, None
         for i in range(0, feats.size(0), chunk_frames):
             x = feats[i: i + chunk_frames].unsqueeze(0)
             out, out_lens, state = model.encoder.infer(x, torch.tensor([x.size(1)]), state)
-            hyps, dec = greedy_search_streaming(model, out, out_lens, dec)
+            hyps, dec = greedy_search_streaming(model, out, out_lens, dec, max_sym_per_frame=self.max_sym_per_frame)
         return list(hyps[0])
 
     def transcribe_features(self, feats, **kw) -> str:

@@ -126,7 +126,8 @@ class UtteranceTrace:
 def stream_utterance(rt, spec: ModelSpec, feats, chunk_frames: int, frame_shift_s: float = 0.01) -> UtteranceTrace:
     """Feed ``feats`` (T, 80) float fbank to the runtime ``chunk_frames`` input frames at a time (int8
     input on the host, ``encoder.infer`` with state, greedy decoding of each chunk's frames), as a
-    device does; record each chunk's work. The tokens equal offline greedy decoding's (the runtime's
+    device does, at the runtime's ``max_sym_per_frame``; record each chunk's work. The tokens equal
+    offline greedy decoding's (the runtime's
     streaming is bit-exact and the streaming greedy search shares the offline loop)."""
     if chunk_frames < 1:
         raise ValueError("chunk_frames must be >= 1")
@@ -141,7 +142,8 @@ def stream_utterance(rt, spec: ModelSpec, feats, chunk_frames: int, frame_shift_
     for i in range(0, max(num, 1), chunk_frames):
         out, state = rt.encoder.infer(x[i: i + chunk_frames], state)
         frames += int(out.size(0))
-        hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec)
+        hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec,
+                                            max_sym_per_frame=rt.max_sym_per_frame)
         now = snapshot(rt)
         chunks.append(ChunkTrace(min(i + chunk_frames, num), counts_between(spec, prev, now)))
         prev = now

@@ -6,7 +6,7 @@ emulator (:mod:`edgeasr.emulator.npu`). Never imports the training side (``compr
 """
 
 from .ops import LayerStats, QWeight
-from .student import load_student, tokens_to_text
+from .student import MAX_SYM_PER_FRAME, load_student, tokens_to_text
 from .transducer import EncoderState, IntTransducer
 
-__all__ = ["EncoderState", "IntTransducer", "LayerStats", "QWeight", "load_student", "tokens_to_text"]
+__all__ = ["MAX_SYM_PER_FRAME", "EncoderState", "IntTransducer", "LayerStats", "QWeight", "load_student", "tokens_to_text"]

@@ -23,6 +23,9 @@ SPACE = "\u2581"  # sentencepiece's word boundary
 FIX = "re-export it with `dvc repro export`"
 
 
+MAX_SYM_PER_FRAME = 8  # a decoder loop bound: more per 80-ms frame is no speech
+
+
 def load_student(path: str | Path, container: Container | None = None) -> IntTransducer:
     """-> :class:`IntTransducer` with ``tokens`` and ``header``.
 
@@ -61,6 +64,7 @@ def load_student(path: str | Path, container: Container | None = None) -> IntTra
     if len(tokens) != rt.joiner.vocab_size:
         raise ExportFormatError(f"{path}: {len(tokens)} tokens for a {rt.joiner.vocab_size}-way joiner; {FIX}")
     rt.tokens, rt.header = list(tokens), h
+    rt.max_sym_per_frame = header_max_sym(h, path)
     return rt
 
 
@@ -74,6 +78,17 @@ def _smoke(rt: IntTransducer) -> None:
         rt.joiner.forward_frame(enc[:, 0], pred)
         rt.predictor.step_tokens(torch.tensor([rt.joiner.vocab_size - 1]), ctx)
     rt.reset_stats()  # the emulator counts work from zero
+
+
+def header_max_sym(header: dict, path) -> int:
+    """The greedy decoder's tokens per encoder frame the model was evaluated with (header
+    ``decoding.max_sym_per_frame``; 1, the sherpa-onnx contract, in files written before it)."""
+    dec = header.get("decoding", {})
+    n = dec.get("max_sym_per_frame", 1) if isinstance(dec, dict) else None
+    if type(n) is not int or not 1 <= n <= MAX_SYM_PER_FRAME:
+        raise ExportFormatError(f"{path}: header decoding={dec!r}: max_sym_per_frame must be an integer in "
+                                f"1..{MAX_SYM_PER_FRAME}; {FIX}")
+    return n
 
 
 def tokens_to_text(tokens: Sequence[str], ids: Sequence[int], blank_id: int = 0) -> str:

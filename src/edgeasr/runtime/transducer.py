@@ -249,6 +249,8 @@ class IntTransducer:
     file (:func:`edgeasr.runtime.load_student`): integer weight levels, float biases / norm affines,
     and the spec, whose activation points it needs."""
 
+    max_sym_per_frame = 1  # greedy tokens per encoder frame; an exported file's header sets its own
+
     def __init__(self, model_cfg: Mapping[str, Any], weights: Mapping[str, QWeight], floats: Mapping[str, torch.Tensor],
                  spec: CompressionSpec):
         enc_cfg, pred_cfg = dict(model_cfg["encoder"]), dict(model_cfg["predictor"])

@@ -152,6 +152,11 @@ def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
         OmegaConf.to_container(section.specaug) if section.specaug else None, **kwargs)
 
 
+def decoding_meta(section: DictConfig) -> dict:
+    """The model file's ``decoding`` meta: how its stage decoded it, so the CLI decodes it alike."""
+    return {"decoding": {"max_sym_per_frame": int(section.decoding.max_sym_per_frame)}}
+
+
 def report_model(cfg: DictConfig, model, dm, section: DictConfig, results: Path, bits: int = 32) -> tuple[dict, object]:
     """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
     ``(metrics, cost_report)``."""

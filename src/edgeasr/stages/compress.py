@@ -29,7 +29,7 @@ from edgeasr.compression.callbacks import GradualPruning, QuantRegularizer
 from edgeasr.models.io import load_model, save_model
 from edgeasr.quantspec import CompressionSpec
 
-from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
+from .common import decoding_meta, default_lit, finish_stage, report_model, stage_datamodule, train_transducer
 from .prologue import open_stage
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         spec = CompressionSpec(bits, target, str(pr.scope), activation_spec(model) if is_quantized(model) else None)
         with float_view(model) as plain:
             save_model(out / "model.pt", plain, model_cfg,
-                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict(),
+                             **decoding_meta(section)})
 
         # WER of the fake-quantized model (what the integer runtime computes); cost of its weights
         qat_metrics, cost = report_model(cfg, model, dm, section, results, bits=bits)

@@ -43,7 +43,7 @@ from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model, save_model
 from edgeasr.training.distill import teacher_targets
 
-from .common import finish_stage, report_model, stage_datamodule, train_transducer
+from .common import decoding_meta, finish_stage, report_model, stage_datamodule, train_transducer
 from .distill_baseline import BaselineProcess, distill_lit, train_baseline
 from .prologue import open_stage
 
@@ -178,7 +178,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             lit_factory=distill_lit(float(section.kd_weight)), name="student",
             fingerprint_extra=teacher_fp)
         model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
-        save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
+        save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step, **decoding_meta(section)})
 
         student_metrics, cost = report_model(run_cfg, model, dm, section, results)
         metrics.update(student_metrics)

@@ -19,6 +19,10 @@
   int8, the median-length test utterance decoded offline: one encoder pass), so the pipeline report
   compares like with like; ``emulated_streaming_latency_ms`` / ``emulated_eos_latency_ms`` stream it.
 
+* N-best word lattices from the runtime's modified beam search (``evaluate.lattice``,
+  :mod:`edgeasr.stages.evaluate_lattice`): oracle WER beside the 1-best for each N, bytes per
+  utterance against the audio's, drawings of a few as MLflow artifacts.
+
 * Beside the reference recognizer (the ``reference`` stage, ``reports/reference.json``): our
   transcripts re-scored under Whisper's English normalizer (``wer_whisper_norm/<split>``, files in
   ``results/whisper_norm/``, when the ``reference`` extra is installed), the reference's report as
@@ -28,7 +32,7 @@
 The NPU steps (2-4 in :func:`run`) are in :mod:`edgeasr.stages.evaluate_npu`.
 
 Outputs: ``data/evaluate/results/`` (recogs/errs, ``layers.json`` + ``layers.txt`` per-layer tables,
-``latency.json`` per utterance, ``profiles.json``, ``roofline.png``), ``reports/evaluate.json``.
+``latency.json`` per utterance, ``profiles.json``, ``roofline.png``, ``lattices/``), ``reports/evaluate.json``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from edgeasr.models.io import load_model
 from edgeasr.runtime import load_student
 
 from .common import stage_datamodule
+from .evaluate_lattice import lattice_metrics, pytorch_student
 from .evaluate_npu import (
     calibration_metrics,
     emulate_sample,
@@ -106,7 +111,7 @@ def runtime_wer(rt, dm, section: DictConfig, results: Path) -> dict[str, float]:
     """WER of the integer runtime, every utterance of every split, and the time it took."""
     t0 = time.perf_counter()
     metrics = evaluate_splits(rt, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam,
-                              int(section.decoding.max_sym_per_frame))
+                              rt.max_sym_per_frame)  # as the export header says the model decodes
     metrics["runtime/wer_decode_s"] = round(time.perf_counter() - t0, 3)
     return metrics
 
@@ -214,6 +219,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(runtime_wer(rt, dm, section, results))
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))
+        # N-best word lattices: oracle WER, bytes on the wire against the audio's
+        lc = section.lattice
+        if lc.enabled:
+            fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if lc.compare_pytorch else None
+            metrics.update(lattice_metrics(rt, dm, lc, results, fq))
+            if (results / "lattices" / "draw").is_dir():
+                tracker.log_artifact(results / "lattices" / "draw", "lattices")
         # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours
         metrics.update(whisper_norm_wer(section.eval_splits, results))
         metrics.update(reference_metrics(tracker.report_dir / "reference.json", metrics))

@@ -121,7 +121,7 @@ def streaming_metrics(rt, lat: LatencySample) -> dict[str, float]:
     for cut in lat.cuts:
         feats = torch.from_numpy(cut.load_features())
         enc, lens = rt.encode(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
-        same += greedy_search(rt, enc, lens)[0] == lat.traces[cut.id].tokens
+        same += greedy_search(rt, enc, lens, rt.max_sym_per_frame)[0] == lat.traces[cut.id].tokens
     return {"streaming_identical_to_offline": round(same / len(lat.cuts), 6),
             "latency_utts": len(lat.traces), "runtime/latency_trace_s": round(lat.trace_s, 3),
             "runtime/streaming_cpu_rtf": round(lat.trace_s / max(lat.audio_s, 1e-9), 5),

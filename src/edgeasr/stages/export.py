@@ -47,7 +47,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         path = out / "student.edgeasr"
         encoding = section.encoding if isinstance(section.encoding, str) else tuple(section.encoding)
         size = export_student(model, meta, tokens, path, encoding=encoding,
-                              extra={"source": {"stage": str(section.source), "steps": meta.get("steps")}})
+                              extra={"source": {"stage": str(section.source), "steps": meta.get("steps")},
+                                     "decoding": {"max_sym_per_frame": int(section.decoding.max_sym_per_frame)}})
         budget = section.get("max_size_bytes")
         if budget and size > int(budget):
             raise ValueError(
@@ -82,8 +83,9 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         dm = stage_datamodule(cfg, section)
         for split in section.agreement_splits:
             loader = list(dm.split_dataloader(split))
-            a_int = decode_loader(rt, loader, lambda ids: tokens_to_text(rt.tokens, ids))
-            a_fq = decode_loader(fq, loader, tok.decode)
+            a_int = decode_loader(rt, loader, lambda ids: tokens_to_text(rt.tokens, ids),
+                                  max_sym_per_frame=rt.max_sym_per_frame)
+            a_fq = decode_loader(fq, loader, tok.decode, max_sym_per_frame=rt.max_sym_per_frame)
             a_int.write_recogs(results / f"recogs-{split}.txt")
             a_int.write_errs(results / f"errs-{split}.txt")
             same = sum(r1[2] == r2[2] for r1, r2 in zip(a_int.results, a_fq.results))

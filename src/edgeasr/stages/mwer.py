@@ -38,7 +38,7 @@ from edgeasr.quantspec import read_spec
 from edgeasr.quantspec.levels import channel_scale
 from edgeasr.training.mwer import MwerLitModule
 
-from .common import default_lit, finish_stage, report_model, stage_datamodule, train_transducer
+from .common import decoding_meta, default_lit, finish_stage, report_model, stage_datamodule, train_transducer
 from .prologue import open_stage
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         with float_view(model) as plain:
             check_compression(plain, zero_masks, spec, trained_act)
             save_model(out / "model.pt", plain, model_cfg,
-                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict()})
+                       meta={"stage": STAGE, "steps": trainer.global_step, "compression": spec.to_dict(),
+                             **decoding_meta(section)})
 
         after, cost = report_model(cfg, model, dm, section, results, bits=bits)
         metrics.update(after)
