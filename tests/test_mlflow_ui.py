@@ -307,10 +307,17 @@ def test_mlflow_ui_shows_stage_runs_and_their_metrics(tiny_pipeline, mlflow_ui, 
     page.open(f"{exp_route}/runs/{parent.info.run_id}", "the parent run page with its note",
               lambda: page.has_lines(parent.info.run_id, "Child runs") and all(child_links().values())
               and len(note_rows()) == len(STAGES))
+    # The description box shows its first lines; "Show more" unfolds the whole note.
+    browser.execute_script("arguments[0].click()", browser.find_element(By.XPATH, "//*[normalize-space(text())='Show more']"))
+    page.wait("the whole note", lambda: note_rows()[-1][:1] == [STAGES[-1]])
+    table = browser.find_element(By.XPATH, "//table[.//th[normalize-space()='emulated_latency_ms']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", table)
+    time.sleep(1)
+    page.screenshot("parent-run-note")
     plot = browser.find_element(By.CSS_SELECTOR, 'img[src*="path=pipeline.png"]')
     browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", plot)
     page.wait("the pipeline plot in the note", lambda: browser.execute_script("return arguments[0].naturalWidth", plot) > 0)
-    page.screenshot("parent-run-note")
+    page.screenshot("parent-run-plot")
     links = child_links()
     assert note_rows() == [[stage, *(fmt(children[stage].data.metrics.get(k)) for k in FOUR)] for stage in STAGES]
     for stage, run in children.items():
