@@ -229,14 +229,25 @@ def quantized_tiny_student():
     return model.eval(), gen
 
 
+def stage_runs(root: Path, stage: str):
+    """The child runs of ``stage`` in ``root/mlflow.db``, newest first (a stage run by hand names its
+    parent run after the stage too: only the ``edgeasr.kind=stage`` runs); returns ``(client, runs)``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("edgeasr")
+    return client, client.search_runs(
+        [exp.experiment_id], f"attributes.run_name = '{stage}' and tags.`edgeasr.kind` = 'stage'")
+
+
 def sweep_runs(root: Path, stage: str, n_jobs: int):
-    """A multirun's MLflow runs in ``root/mlflow.db``: asserts one parent run holding ``n_jobs``
-    child runs named ``stage``; returns ``(client, parent, children)``."""
+    """A multirun's MLflow runs in ``root/mlflow.db``: asserts one parent run ``sweep:<stage>`` holding
+    ``n_jobs`` child runs named ``stage``; returns ``(client, parent, children)``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    parents = [r for r in runs if r.info.run_name == f"sweep:{stage}"]
     jobs = [r for r in runs if r.info.run_name == stage]
     assert len(parents) == 1 and len(jobs) == n_jobs
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parents[0].info.run_id}

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import compose
+from conftest import compose, stage_runs
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,6 @@ def export_root(tiny_prepared, tmp_path, monkeypatch):
 
 
 def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root):
-    from mlflow.tracking import MlflowClient
-
     from edgeasr.lattice import read_lattices
     from edgeasr.runtime import load_student
     from edgeasr.stages.evaluate import run
@@ -104,12 +102,15 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     sent = read_lattices(lattices / "test.jsonl.gz", load_student(export_root / "data/export/student.edgeasr").tokens)
     assert len(sent) == report["lattice/utts"] and all(lat.paths() for lat in sent.values())
 
-    client = MlflowClient(f"sqlite:///{export_root}/mlflow.db")
-    run_ = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-            if r.info.run_name == "evaluate"][0]
+    client, (run_,) = stage_runs(export_root, "evaluate")
     arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \
         {a.path for a in client.list_artifacts(run_.info.run_id, "results")}
     assert {"roofline.png", "results/layers.json", "results/layers.txt"} <= arts
     drawn = {a.path for a in client.list_artifacts(run_.info.run_id, "lattices")}
     assert len([p for p in drawn if p.endswith(".dot")]) == cfg.evaluate.lattice.draw_utts  # + .png with graphviz
+    parent_id = run_.data.tags["mlflow.parentRunId"]  # the pipeline plot is on the parent too, in its note
+    assert "pipeline.png" in {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert "pipeline.png" in {a.path for a in client.list_artifacts(parent_id)}
+    assert f"get-artifact?path=pipeline.png&run_uuid={parent_id}" in client.get_run(parent_id).data.tags[
+        "mlflow.note.content"]
     assert run_.data.metrics["hw/compute_bound/speedup_sparse_vs_dense"] >= 1.8

@@ -1,8 +1,13 @@
 """The MLflow UI in a real browser: `mlflow ui` over the tiny pipeline's store, opened in headless
-Chromium through Selenium. The parent run must list its stage child runs, the runs table must nest
-them under it, and each model stage's run page must show its `wer`, `sparsity`, `size_bytes` and
-`emulated_latency_ms` as MLflow renders them. Screenshots of every page go to
-``$EDGEASR_TEST_ARTIFACTS/mlflow-ui/`` (default ``<repo>/test-artifacts/mlflow-ui/``, gitignored).
+Chromium through Selenium. The experiment's first screen (once the browser is switched to "Model
+training", which MLflow 3.17.2 asks for whatever the experiment's kind tag says) must be the runs
+table with the parent run named after the DVC experiment; the link edgeasr prints must open it with
+the saved view of the four metric columns, and the expanded parent must nest one run per stage with
+its values there; the parent run's page must show its note (every stage's `wer`, `sparsity`,
+`size_bytes` and `emulated_latency_ms`, each stage linked to its run) with the pipeline plot; and
+each model stage's run page must show its four metrics as MLflow renders them. Screenshots of every
+page go to ``$EDGEASR_TEST_ARTIFACTS/mlflow-ui/`` (default ``<repo>/test-artifacts/mlflow-ui/``,
+gitignored).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium (the
 ``test`` extra); skipped, with the reason, only when the browser or its driver is absent."""
@@ -18,6 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from edgeasr.tracking.note import fmt
+from edgeasr.tracking.ui import FOUR_METRICS, MODEL_TRAINING, RUNS_QUERY, TAG_EXPERIMENT_KIND
 
 from conftest import REPO, mlflow_http
 
@@ -44,7 +52,7 @@ needs_browser = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 ARTIFACTS = Path(os.environ.get("EDGEASR_TEST_ARTIFACTS") or REPO / "test-artifacts") / "mlflow-ui"
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-FOUR = ("wer", "sparsity", "size_bytes", "emulated_latency_ms")
+FOUR = FOUR_METRICS  # wer, sparsity, size_bytes, emulated_latency_ms
 # Which of the four a stage's run page must show, where not all: prepare reports data, not a model
 # (its page is not opened); the reference recognizer (Whisper) is not ours to prune or emulate.
 SHOWN = {"prepare": (), "reference": ("wer", "size_bytes")}
@@ -109,6 +117,8 @@ def browser(tmp_path):
     service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(options=opts, service=service)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    # Selenium's own wait for chromedriver's answer (120 s for Chromium) must outlast a page load.
+    driver.command_executor._client_config.timeout = PAGE_TIMEOUT_S + 60
     try:
         yield driver
     finally:
@@ -165,16 +175,37 @@ class Page:
         return path
 
 
+def format_metric(x: float) -> str:
+    """``x`` as MLflow's tables may round it (``Utils.formatMetric`` in the UI bundle): an exponent
+    below 0.001, else 3, 2 or 1 decimals below 10, below 100 and from 100 on."""
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3:
+        mantissa, exp = f"{x:.3e}".split("e")
+        return f"{mantissa}e{'+' if int(exp) >= 0 else '-'}{abs(int(exp))}"
+    return js_number(round(x, 3 if abs(x) < 10 else 2 if abs(x) < 100 else 1))
+
+
+def test_format_metric():
+    cases = {0.0: "0", 4.6e-05: "4.600e-5", 0.5: "0.5", 3.14159: "3.142", 72.19889: "72.2", 83786.0: "83786"}
+    assert {x: format_metric(x) for x in cases} == cases
+
+
 @pytest.mark.slow
 @needs_browser
 def test_mlflow_ui_shows_stage_runs_and_their_metrics(tiny_pipeline, mlflow_ui, browser):
     from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
     client = MlflowClient(f"sqlite:///{tiny_pipeline.mlflow_db}")
     exp = client.get_experiment_by_name("edgeasr")
+    assert exp.tags[TAG_EXPERIMENT_KIND] == MODEL_TRAINING
     parents = client.search_runs([exp.experiment_id], "tags.`edgeasr.kind` = 'pipeline'")
     assert len(parents) == 1
     parent = parents[0]
+    assert parent.info.run_name == parent.data.tags["dvc.exp_name"]  # `dvc exp run`: named after the experiment
+    assert MLFLOW_RUN_NOTE in parent.data.tags
+    assert "pipeline.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # from evaluate
     children = {r.info.run_name: r for r in client.search_runs(
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`edgeasr.kind` = 'stage'")}
     assert sorted(children) == sorted(STAGES)
@@ -189,30 +220,66 @@ def test_mlflow_ui_shows_stage_runs_and_their_metrics(tiny_pipeline, mlflow_ui, 
     def rows(run) -> list[str]:  # the runs table's rows for a run (the grid splits a row into column groups)
         return [r.text for r in browser.find_elements(By.CSS_SELECTOR, f'[role="row"][row-id="{run.info.run_id}"]')]
 
-    # The experiment's first screen, whatever MLflow chooses for it (recorded, not judged).
-    page.open(exp_route, "the experiment page", lambda: page.has_lines("edgeasr"))
-    page.screenshot("experiment")
+    def parent_row() -> bool:
+        return "/runs" in browser.current_url and any(parent.info.run_name in r.splitlines() for r in rows(parent))
 
-    # The runs table: the pipeline's parent run, expanded, nests one run per stage.
-    page.open(f"{exp_route}/runs", "the runs table", lambda: any(
-        parent.info.run_name in r.splitlines() for r in rows(parent)))
+    # MLflow 3.17.2 opens an experiment as the browser's workflow switch says, GenAI by default (the
+    # experiment's kind tag aside): recorded, then switched to "Model training" once, as the README says.
+    page.open(exp_route, "the experiment page", lambda: page.has_lines("Model training"))
+    page.screenshot("experiment-genai-default")
+    switch = [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Model training']")
+              if e.is_displayed()]
+    browser.execute_script("arguments[0].click()", switch[0])
+    page.wait("the runs table after the switch", parent_row)
+    # The experiment's first screen from now on: the runs table, the parent run named for its invocation.
+    page.open(exp_route, "the experiment's first screen", parent_row)
+    page.screenshot("first-screen")
+
+    # The link every stage prints: the saved view's four metric columns; expanded, the parent nests
+    # one run per stage, each with its metrics in those columns.
+    def headers() -> set[str]:
+        return {h.text.strip() for h in browser.find_elements(By.CSS_SELECTOR, '[role="columnheader"]')}
+
+    page.open(f"{exp_route}/runs?{RUNS_QUERY}", "the runs table in the saved view",
+              lambda: parent_row() and set(FOUR) <= headers())
     browser.find_element(By.CSS_SELECTOR, f'[row-id="{parent.info.run_id}"] [col-id*="Run Name"] button').click()
     page.wait("the parent run's child rows", lambda: all(rows(run) for run in children.values()))
     page.screenshot("runs-table")
     for stage, run in children.items():
-        assert any(stage in r.splitlines() for r in rows(run)), (stage, rows(run))
+        cells = {line for r in rows(run) for line in r.splitlines()}
+        assert stage in cells, (stage, rows(run))
+        for key in set(FOUR) & set(run.data.metrics):
+            value = run.data.metrics[key]
+            assert {js_number(value), format_metric(value)} & cells, (stage, key, value, rows(run))
 
-    # The parent run's page links to every stage's run under "Child runs".
-    def child_links() -> dict[str, str]:
-        return {run.info.run_id: " ".join(a.text for a in browser.find_elements(
-            By.CSS_SELECTOR, f'a[href$="/runs/{run.info.run_id}"]')) for run in children.values()}
+    # The parent run's page: its note holds every stage's four metrics, each stage linked to its run
+    # (the same links as "Child runs"), and the pipeline plot.
+    def note_rows() -> list[list[str]]:
+        return [[c.text.strip() for c in tr.find_elements(By.TAG_NAME, "td")] for tr in browser.find_elements(
+            By.XPATH, "//table[.//th[normalize-space()='emulated_latency_ms']]//tbody/tr")]
 
-    page.open(f"{exp_route}/runs/{parent.info.run_id}", "the parent run page",
-              lambda: page.has_lines(parent.info.run_id, "Child runs") and all(child_links().values()))
-    page.screenshot("parent-run")
+    def child_links() -> dict[str, set[str]]:
+        return {run.info.run_id: {a.text.strip(" ,") for a in browser.find_elements(
+            By.CSS_SELECTOR, f'a[href$="/runs/{run.info.run_id}"]')} for run in children.values()}
+
+    page.open(f"{exp_route}/runs/{parent.info.run_id}", "the parent run page with its note",
+              lambda: page.has_lines(parent.info.run_id, "Child runs") and all(child_links().values())
+              and len(note_rows()) == len(STAGES))
+    # The description box shows its first lines; "Show more" unfolds the whole note.
+    browser.execute_script("arguments[0].click()", browser.find_element(By.XPATH, "//*[normalize-space(text())='Show more']"))
+    page.wait("the whole note", lambda: note_rows()[-1][:1] == [STAGES[-1]])
+    table = browser.find_element(By.XPATH, "//table[.//th[normalize-space()='emulated_latency_ms']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", table)
+    time.sleep(1)
+    page.screenshot("parent-run-note")
+    plot = browser.find_element(By.CSS_SELECTOR, 'img[src*="path=pipeline.png"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", plot)
+    page.wait("the pipeline plot in the note", lambda: browser.execute_script("return arguments[0].naturalWidth", plot) > 0)
+    page.screenshot("parent-run-plot")
     links = child_links()
+    assert note_rows() == [[stage, *(fmt(children[stage].data.metrics.get(k)) for k in FOUR)] for stage in STAGES]
     for stage, run in children.items():
-        assert links[run.info.run_id].strip(" ,") == stage
+        assert links[run.info.run_id] == {stage}
 
     # Each stage's run page: the four metrics and their values, rows of its Metrics table.
     for stage in STAGES:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose
+from conftest import compose, stage_runs
 from edgeasr.losses import mwer_loss, nbest_posteriors
 
 INF = math.inf
@@ -150,8 +150,6 @@ def test_mwer_lit_module_adds_the_weighted_mwer_term(tiny_prepared, monkeypatch)
 
 @pytest.mark.slow
 def test_tiny_mwer_stage_keeps_sparsity_and_reports_before_and_after(student_root):
-    from mlflow.tracking import MlflowClient
-
     from edgeasr.compression import Compression, attach_activation_quant
     from edgeasr.compression.quant import grid_distance
     from edgeasr.evaluation import evaluate_splits
@@ -195,9 +193,7 @@ def test_tiny_mwer_stage_keeps_sparsity_and_reports_before_and_after(student_roo
     again = evaluate_splits(after.eval(), stage_datamodule(cfg, cfg.mwer), ["test"], student_root / "again")
     assert again["wer/test"] == report["wer/test"]
 
-    client = MlflowClient(f"sqlite:///{student_root}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-    mwer_runs = [r for r in runs if r.info.run_name == "mwer"]
+    client, mwer_runs = stage_runs(student_root, "mwer")
     assert len(mwer_runs) == 1
     assert client.get_metric_history(mwer_runs[0].info.run_id, "train/mwer_loss")
     assert "before/wer/test" in mwer_runs[0].data.metrics

@@ -12,7 +12,7 @@ import sys
 import pytest
 from lhotse import CutSet
 
-from conftest import compose
+from conftest import compose, stage_runs
 
 from edgeasr.stages.reference import decode_split, pick, recognizer_options
 
@@ -129,11 +129,7 @@ def test_evaluate_rescores_its_recogs_under_whisper_normalizer(tmp_path):
 
 
 def _run_mlflow(root, name):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-            if r.info.run_name == name]
+    client, runs = stage_runs(root, name)
     assert len(runs) == 1
     return client, runs[0]
 

@@ -221,7 +221,7 @@ def test_stage_by_hand_default_sqlite(repo, monkeypatch):
     # parent: pipeline run, FINISHED, roll-up of all reports, params.yaml as artifact
     parent = client.get_run(run.parent_run_id)
     assert parent.data.tags["edgeasr.kind"] == "pipeline"
-    assert parent.info.run_name == "pipeline"
+    assert parent.info.run_name == "train"  # a stage run by hand names its parent
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["train/wer"] == metrics["wer"]
     assert parent.data.metrics["cached/wer"] == 0.5
@@ -375,6 +375,7 @@ def test_real_dvc_repro_one_parent_by_hand_two(tmp_path, monkeypatch):
         assert res.returncode == 0, res.stdout + res.stderr
         return res
 
+    commit = _git_init(tmp_path)
     sh([*dvc, "init", "--no-scm", "-q"])
     sh([*dvc, "repro"])
     recs = _run_records(tmp_path)
@@ -388,6 +389,7 @@ def test_real_dvc_repro_one_parent_by_hand_two(tmp_path, monkeypatch):
     assert parent.data.tags["edgeasr.kind"] == "pipeline"
     assert parent.info.status == "FINISHED"
     assert "repro" in parent.data.tags["mlflow.source.name"]
+    assert parent.info.run_name == f"repro@{commit[:7]}"
     kids = _children(client, parent.info.run_id, exp.experiment_id)
     assert sorted(k.info.run_name for k in kids) == ["alpha", "beta"]
     assert parent.data.metrics == {"alpha/score": 5.5, "beta/score": 4.5}
@@ -416,6 +418,7 @@ def test_real_dvc_repro_one_parent_by_hand_two(tmp_path, monkeypatch):
         assert [k.info.run_id for k in _children(client, r["parent"], exp.experiment_id)] == [
             r["run_id"]
         ]
+        assert client.get_run(r["parent"]).info.run_name == "beta"
     pipelines = client.search_runs(
         [exp.experiment_id], filter_string="tags.`edgeasr.kind` = 'pipeline'"
     )
@@ -575,7 +578,8 @@ def test_real_prepare_stage_against_mlflow_server(mlflow_server, tmp_path, monke
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("edgeasr")
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'prepare'")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'prepare' and "
+                              "tags.`edgeasr.kind` = 'stage'")  # by hand, the parent is named "prepare" too
     assert len(runs) == 1
     child = runs[0]
     assert child.data.tags["mlflow.parentRunId"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose, sweep_runs
+from conftest import REPO, compose, stage_runs, sweep_runs
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,6 @@ def _run(overrides=()):
 
 
 def test_tiny_teacher_reports_and_is_deterministic(teacher_root):
-    from mlflow.tracking import MlflowClient
-
     first = _run()
     report = json.loads((teacher_root / "reports/train_teacher.json").read_text())
     assert REPORT_KEYS <= set(report) and report == pytest.approx(first)
@@ -46,9 +44,7 @@ def test_tiny_teacher_reports_and_is_deterministic(teacher_root):
         assert (teacher_root / f"data/train_teacher/results/errs-{split}.txt").is_file()
     assert report["sparsity"] < 0.01 and report["size_bytes"] > 4 * 0.9 * report["params"]
     assert report["emulated_latency_ms"] > 0 and report["train_steps"] == 30
-    client = MlflowClient(f"sqlite:///{teacher_root}/mlflow.db")
-    run = [r for r in client.search_runs([client.get_experiment_by_name("edgeasr").experiment_id])
-           if r.info.run_name == "train_teacher"][0]
+    client, (run, *_) = stage_runs(teacher_root, "train_teacher")
     assert REPORT_KEYS <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 1
     assert client.get_metric_history(run.info.run_id, "val/wer")

@@ -5,7 +5,9 @@ the Pareto frontier, logged to that parent.
     python pipelines/compress.py -m compress.sparsity=0.3,0.5,0.7 compress.bits=8,6,4
 
 Each job writes its outputs and ``reports/<stage>.json`` under its own ``multirun/.../<job>/``
-folder, so a sweep never overwrites the DVC-tracked outputs in ``data/``.
+folder, so a sweep never overwrites the DVC-tracked outputs in ``data/``. The parent run is named
+``sweep:<stage>`` (the invocation variable set here marks it: ``edgeasr.tracking.parent``), and its
+MLflow note lists every job's four metrics as the jobs finish (``edgeasr.tracking.note``).
 """
 
 from __future__ import annotations

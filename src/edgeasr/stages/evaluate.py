@@ -190,7 +190,8 @@ def reference_metrics(path: Path, ours: dict[str, float]) -> dict[str, float]:
 
 def log_outputs(stage: Stage, metrics: dict[str, float]) -> None:
     """The report, ``results/`` as artifacts, and the whole pipeline (teacher -> exported student) now
-    that this stage's report exists: ``reports/pipeline.csv`` (dvc plots show) and the same as a figure."""
+    that this stage's report exists: ``reports/pipeline.csv`` (dvc plots show) and the same as a figure,
+    also on the pipeline's parent run (whose MLflow note shows it: edgeasr.tracking.note)."""
     tracker, results = stage.tracker, stage.results
     report_path = tracker.log_report(metrics)
     for f in sorted(results.glob("*")):
@@ -200,7 +201,7 @@ def log_outputs(stage: Stage, metrics: dict[str, float]) -> None:
         tracker.log_artifact(results / "whisper_norm", "results/whisper_norm")
     rows = pipeline_report.collect(report_path.parent)
     tracker.log_artifact(pipeline_report.write_csv(rows, report_path.parent / "pipeline.csv"), "pipeline")
-    tracker.log_figure(pipeline_report.figure(rows), "pipeline.png")
+    tracker.log_figure(pipeline_report.figure(rows), "pipeline.png", on_parent=True)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

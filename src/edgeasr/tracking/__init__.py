@@ -10,12 +10,15 @@ nests it under the run of the *pipeline invocation* it belongs to:
 * else the invocation is the nearest ancestor process whose command line is a ``dvc`` command
   (``dvc repro``, ``dvc exp run``, ``python -m dvc ...``); with none, it is this process (a stage
   run by hand gets its own fresh parent). The parent is the run tagged
-  ``edgeasr.invocation=<key>`` in the experiment, created on first use under a file lock.
+  ``edgeasr.invocation=<key>`` in the experiment, created on first use under a file lock and named
+  for the invocation: the DVC experiment's name (``dvc exp run``), ``repro@<short commit>``
+  (``dvc repro``), ``sweep:<stage>`` (a Hydra multirun), ``<stage>`` (by hand).
 
 On exit the child is FINISHED (FAILED/KILLED if an exception propagates, which is re-raised),
 and every ``reports/*.json`` in the repo (cached stages make no child run but keep their report)
 is rolled up onto the parent as ``<stage>/<key>`` metrics, with ``params.yaml`` and ``dvc.lock``
-as parent artifacts.
+as parent artifacts; the parent's MLflow note is rewritten with every stage's four metrics.
+The experiment is tagged for MLflow's model-training view, with a saved view of those metrics.
 
 A remote store (``MLFLOW_TRACKING_URI=http(s)://...``) is probed before the stage's runs are
 opened: a server that does not answer within 5 s fails the stage at once with one line naming it,
@@ -31,7 +34,8 @@ that run instead of nesting under it.
 The modules, one job each: ``locations`` (workspace, store URI), ``processes`` (the invocation
 from the process tree), ``parent`` (the parent run, file lock), ``lifecycle`` (:func:`stage_run`),
 ``run`` (:class:`StageRun`), ``server`` (the remote store's probe, HTTP limits), ``guard`` (a
-server lost mid-stage), ``rollup`` (reports onto the parent), ``values`` (params and metrics
+server lost mid-stage), ``rollup`` (reports onto the parent), ``note`` (the parent's description),
+``ui`` (the experiment's kind and saved view, the runs-table link), ``values`` (params and metrics
 checked against MLflow's limits, the report file), ``tags``, ``fluent`` (mlflow's fluent API).
 """
 

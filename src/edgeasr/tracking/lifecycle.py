@@ -1,5 +1,6 @@
 """The life of a stage's child run: opened under the parent, active for mlflow's fluent API while
-the stage runs, closed with the stage's outcome, then the reports rolled up onto the parent."""
+the stage runs, closed with the stage's outcome, then the reports rolled up onto the parent and
+the parent's description (its MLflow note) rewritten."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from omegaconf import DictConfig
 
 from .fluent import FluentUri
 from .locations import repo_root, tracking_uri
+from .note import stage_order, update_note
 from .parent import Parent, open_parent
 from .rollup import rollup
 from .run import StageRun
-from .server import reachable_uri
+from .server import is_http, reachable_uri
 from .tags import (DEFAULT_EXPERIMENT, PARENT_RUN_TAG, TAG_FALLBACK, TAG_INVOCATION, TAG_KIND, TAG_STAGE,
                    default_tags, git_tags)
+from .ui import runs_url
 from .values import cfg_get
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,21 @@ def _close(run: StageRun, parent: Parent, status: str, roll_up: bool) -> None:
               client.dropped, done, run.run_id)
 
 
+def _describe(parent: Parent, run: StageRun) -> None:
+    """The parent's note, with this stage's row now that it ended, and where the UI shows it; only
+    on a parent edgeasr owns (another's run keeps the description its owner wrote). Failures only
+    warn."""
+    if not parent.owned:
+        return
+    try:
+        update_note(parent.client, parent.run_id, stage_order(run.root))
+    except Exception as err:
+        log.warning("could not update the description of parent run %s: %s", parent.run_id, err)
+        return
+    where = "" if is_http(run.tracking_uri) else " (with mlflow ui)"
+    log.info("MLflow runs table%s: %s", where, runs_url(run.tracking_uri, parent.experiment_id))
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -172,3 +190,5 @@ def stage_run(
             raise
         finally:
             _close(run, parent, _exit_status(exc), roll_up=report_dir is None)
+            if run.tracking_lost is None:
+                _describe(parent, run)

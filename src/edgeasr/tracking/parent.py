@@ -1,6 +1,7 @@
 """The parent run of a pipeline invocation: the run named by ``$EDGEASR_PARENT_RUN_ID``, else the
 fluent run active in this process, else the run tagged ``edgeasr.invocation=<key>`` (created on
-first use, under a file lock so that stages started side by side share it)."""
+first use, under a file lock so that stages started side by side share it, and named for the
+invocation: :func:`parent_run_name`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from .fluent import active_fluent_run
 from .locations import is_local_store, store_root, tracking_uri
-from .processes import invocation
+from .processes import INVOCATION_ENV, invocation
 from .tags import DEFAULT_EXPERIMENT, PARENT_ENV, TAG_INVOCATION, TAG_KIND, default_tags
+from .ui import experiment_tags, tag_experiment
 from .values import MAX_TAG_VAL_LENGTH, truncate
 
 try:
@@ -59,13 +61,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if exp is None:
         location = (store_root() / "mlruns").as_uri() if is_local_store(uri) else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=experiment_tags())
         except MlflowException:  # created concurrently by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    tag_experiment(client, exp)  # created before these tags existed, or by someone else
     return exp.experiment_id
 
 
@@ -80,6 +83,22 @@ def find_parent(client: MlflowClient, experiment_id: str, key: str) -> str | Non
     # belt and braces: keep only exact matches of the tag value
     runs = [r for r in runs if r.data.tags.get(TAG_INVOCATION) == key]
     return runs[0].info.run_id if runs else None
+
+
+def parent_run_name(stage: str, command: str | None, git: dict[str, str]) -> str:
+    """The name of a new parent run, for what started the invocation: ``sweep:<stage>`` for a Hydra
+    multirun (``edgeasr.sweep`` sets :data:`INVOCATION_ENV`), the DVC experiment's name under
+    ``dvc exp run``, ``repro@<short commit>`` under another dvc command (``dvc repro``; plain
+    ``repro`` outside git), else ``<stage>`` (a stage run by hand)."""
+    if os.environ.get(INVOCATION_ENV):
+        return f"sweep:{stage}"
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        return exp_name
+    if command is not None:
+        commit = git.get("git.commit")
+        return f"repro@{commit[:7]}" if commit else "repro"
+    return stage
 
 
 def _invocation_parent(client: MlflowClient, experiment_id: str, stage: str,
@@ -99,7 +118,7 @@ def _invocation_parent(client: MlflowClient, experiment_id: str, stage: str,
     }
     if exp_name:
         ptags["dvc.exp_name"] = exp_name
-    parent = client.create_run(experiment_id, tags=default_tags(ptags), run_name=exp_name or "pipeline")
+    parent = client.create_run(experiment_id, tags=default_tags(ptags), run_name=parent_run_name(stage, command, git))
     return parent.info.run_id, inv_key
 
 

@@ -99,8 +99,10 @@ class StageRun:
     def log_dict(self, d: Mapping[str, Any], name: str) -> None:
         self.client.log_dict(self.run_id, to_plain(d), name)
 
-    def log_figure(self, fig: Any, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
+    def log_figure(self, fig: Any, name: str, on_parent: bool = False) -> None:
+        """``fig`` as artifact ``name``; ``on_parent``: on the pipeline's parent run too."""
+        for run_id in (self.run_id, self.parent_run_id) if on_parent else (self.run_id,):
+            self.client.log_figure(run_id, fig, name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         log_tags(self.client, self.run_id, tags)
