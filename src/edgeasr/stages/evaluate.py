@@ -23,6 +23,9 @@
   :mod:`edgeasr.stages.evaluate_lattice`): oracle WER beside the 1-best for each N, bytes per
   utterance against the audio's, drawings of a few as MLflow artifacts.
 
+* The cloud side (``evaluate.rescore``, :mod:`edgeasr.stages.evaluate_rescore`): those lattices
+  rescored with the ``train_lm`` stage's LM, weights tuned on dev, WER before and after per split.
+
 * Beside the reference recognizer (the ``reference`` stage, ``reports/reference.json``): our
   transcripts re-scored under Whisper's English normalizer (``wer_whisper_norm/<split>``, files in
   ``results/whisper_norm/``, when the ``reference`` extra is installed), the reference's report as
@@ -32,7 +35,8 @@
 The NPU steps (2-4 in :func:`run`) are in :mod:`edgeasr.stages.evaluate_npu`.
 
 Outputs: ``data/evaluate/results/`` (recogs/errs, ``layers.json`` + ``layers.txt`` per-layer tables,
-``latency.json`` per utterance, ``profiles.json``, ``roofline.png``, ``lattices/``), ``reports/evaluate.json``.
+``latency.json`` per utterance, ``profiles.json``, ``roofline.png``, ``lattices/``, ``rescore/``),
+``reports/evaluate.json``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from edgeasr.runtime import load_student
 
 from .common import stage_datamodule
 from .evaluate_lattice import lattice_metrics, pytorch_student
+from .evaluate_rescore import rescore_metrics
 from .evaluate_npu import (
     calibration_metrics,
     emulate_sample,
@@ -226,6 +231,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update(lattice_metrics(rt, dm, lc, results, fq))
             if (results / "lattices" / "draw").is_dir():
                 tracker.log_artifact(results / "lattices" / "draw", "lattices")
+            # the cloud side: the lattices rescored with the train_lm stage's LM
+            if section.rescore.enabled:
+                prep = stage.data_dir / "prepare"
+                metrics.update(rescore_metrics(section.rescore, stage.data_dir / "train_lm" / "lm.pt",
+                                               prep / "tokenizer" / "bpe.model", rt.tokens, dm, results))
+                tracker.log_artifact(results / "rescore", "rescore")
         # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours
         metrics.update(whisper_norm_wer(section.eval_splits, results))
         metrics.update(reference_metrics(tracker.report_dir / "reference.json", metrics))
