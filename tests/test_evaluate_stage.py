@@ -116,6 +116,10 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
             report[f"rescore/wer_1best/{split}"] - report[f"rescore/wer/{split}"], abs=1e-3)
         assert (results / f"rescore/recogs-{split}.txt").is_file()
     assert report["rescore/wer/dev"] <= report["rescore/wer_1best/dev"]
+    # the WER decode is the lattice pass's search (beam 8 both): scored from it, not decoded twice
+    assert report["runtime/wer_splits_from_lattices"] == len(cfg.evaluate.eval_splits)
+    for split in cfg.evaluate.eval_splits:
+        assert report[f"wer/{split}"] == report[f"lattice/wer_1best/{split}"]
     assert report["rescore/lm_params"] > 0 and report["rescore/lm_bytes"] > 0
     grid = (results / "rescore/grid.csv").read_text().splitlines()
     c = cfg.evaluate.rescore
