@@ -36,7 +36,7 @@ def main() -> None:
     rt = load_student(data / "export" / "student.edgeasr")
     fq = pytorch_student(data / str(cfg.export.source) / "model.pt") if lc.compare_pytorch else None
     out.mkdir(parents=True, exist_ok=True)
-    metrics = lattice_metrics(rt, stage_datamodule(cfg, cfg.evaluate), lc, out, fq)
+    metrics, _ = lattice_metrics(rt, stage_datamodule(cfg, cfg.evaluate), lc, out, fq)
     print(json.dumps(metrics, indent=1, sort_keys=True))
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import compose, stage_runs
 
+from edgeasr.lm import PieceLM, save_lm
+
 pytestmark = pytest.mark.slow
 
 
@@ -44,6 +46,9 @@ def export_root(tiny_prepared, tmp_path, monkeypatch):
     tokens = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
     with float_view(model) as plain:
         export_student(plain, meta, tokens, tmp_path / "data/export/student.edgeasr", encoding=("dense", "bitmap"))
+    # the cloud's LM the rescoring reads (untrained, as the student: the work is real, the WER is not)
+    (tmp_path / "data/train_lm").mkdir(parents=True)
+    save_lm(tmp_path / "data/train_lm/lm.pt", PieceLM(tok.vocab_size, embed_dim=16, hidden=16, layers=1))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
@@ -101,6 +106,22 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     assert len(list((lattices / "draw").glob("*.dot"))) == cfg.evaluate.lattice.draw_utts
     sent = read_lattices(lattices / "test.jsonl.gz", load_student(export_root / "data/export/student.edgeasr").tokens)
     assert len(sent) == report["lattice/utts"] and all(lat.paths() for lat in sent.values())
+
+    # rescoring: tuned on dev, so never worse than the 1-best there; the 1-best is the lattices'
+    for split in cfg.evaluate.lattice.splits:
+        assert report[f"rescore/wer_1best/{split}"] == report[f"lattice/wer_1best/{split}"]
+        assert report[f"rescore/gain/{split}"] == pytest.approx(
+            report[f"rescore/wer_1best/{split}"] - report[f"rescore/wer/{split}"], abs=1e-3)
+        assert (results / f"rescore/recogs-{split}.txt").is_file()
+    assert report["rescore/wer/dev"] <= report["rescore/wer_1best/dev"]
+    # the WER decode is the lattice pass's search (beam 8 both): scored from it, not decoded twice
+    assert report["runtime/wer_splits_from_lattices"] == len(cfg.evaluate.eval_splits)
+    for split in cfg.evaluate.eval_splits:
+        assert report[f"wer/{split}"] == report[f"lattice/wer_1best/{split}"]
+    assert report["rescore/lm_params"] > 0 and report["rescore/lm_bytes"] > 0
+    grid = (results / "rescore/grid.csv").read_text().splitlines()
+    c = cfg.evaluate.rescore
+    assert len(grid) == 1 + len(c.lm_weights) * len(c.ilm_weights) * len(c.length_bonuses)
 
     client, (run_,) = stage_runs(export_root, "evaluate")
     arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \

@@ -37,16 +37,16 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
-def _unreadable(path: Path, e: Exception) -> str:
+def unreadable(path: Path, e: Exception, what: str = "edgeasr model file") -> str:
     """Why torch.load(weights_only=True) failed, in one line. Never torch's own text for a refused
     pickle: it advises retrying with safe loading off, which is exactly what must not be done."""
     if isinstance(e, pickle.UnpicklingError):
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:
             return (f"{path}: refused: the file holds pickled Python objects ({found.group(1)}; code could run on "
-                    "load); an edgeasr model file holds only tensors and plain containers")
-        return f"{path} is not a readable edgeasr model file (its pickle data is malformed or unsupported)"
-    return f"{path} is not a readable edgeasr model file ({type(e).__name__}: {_one_line(e)})"
+                    f"load); an {what} holds only tensors and plain containers")
+        return f"{path} is not a readable {what} (its pickle data is malformed or unsupported)"
+    return f"{path} is not a readable {what} ({type(e).__name__}: {_one_line(e)})"
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -60,7 +60,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(_unreadable(path, e)) from e
+        raise ValueError(unreadable(path, e)) from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an edgeasr model file (expected format {FORMAT!r})")
     if obj.get("version") != VERSION:

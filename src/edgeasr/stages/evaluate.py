@@ -23,6 +23,9 @@
   :mod:`edgeasr.stages.evaluate_lattice`): oracle WER beside the 1-best for each N, bytes per
   utterance against the audio's, drawings of a few as MLflow artifacts.
 
+* The cloud side (``evaluate.rescore``, :mod:`edgeasr.stages.evaluate_rescore`): those lattices
+  rescored with the ``train_lm`` stage's LM, weights tuned on dev, WER before and after per split.
+
 * Beside the reference recognizer (the ``reference`` stage, ``reports/reference.json``): our
   transcripts re-scored under Whisper's English normalizer (``wer_whisper_norm/<split>``, files in
   ``results/whisper_norm/``, when the ``reference`` extra is installed), the reference's report as
@@ -32,7 +35,8 @@
 The NPU steps (2-4 in :func:`run`) are in :mod:`edgeasr.stages.evaluate_npu`.
 
 Outputs: ``data/evaluate/results/`` (recogs/errs, ``layers.json`` + ``layers.txt`` per-layer tables,
-``latency.json`` per utterance, ``profiles.json``, ``roofline.png``, ``lattices/``), ``reports/evaluate.json``.
+``latency.json`` per utterance, ``profiles.json``, ``roofline.png``, ``lattices/``, ``rescore/``),
+``reports/evaluate.json``.
 """
 
 from __future__ import annotations
@@ -50,14 +54,16 @@ from edgeasr import pipeline_report, reference
 from edgeasr.deploy.sherpa import hotword_wer, utterances_from_cuts, verify_bundle
 from edgeasr.emulator.modelspec import VARIANTS, ModelSpec
 from edgeasr.emulator.plot import roofline_figure
-from edgeasr.evaluation import evaluate_splits
+from edgeasr.evaluation import add_test_totals, evaluate_splits, wer_metrics
 from edgeasr.export import read_container
 from edgeasr.export.sherpa import SherpaBundle
+from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model
 from edgeasr.runtime import load_student
 
 from .common import stage_datamodule
 from .evaluate_lattice import lattice_metrics, pytorch_student
+from .evaluate_rescore import rescore_metrics
 from .evaluate_npu import (
     calibration_metrics,
     emulate_sample,
@@ -107,13 +113,30 @@ def model_figures(student: Student) -> dict[str, float]:
     }
 
 
-def runtime_wer(rt, dm, section: DictConfig, results: Path) -> dict[str, float]:
-    """WER of the integer runtime, every utterance of every split, and the time it took."""
+def runtime_wer(rt, dm, section: DictConfig, results: Path, decoded: dict[str, WerAccumulator]) -> dict[str, float]:
+    """WER of the integer runtime, every utterance of every split, and the time it took. ``decoded``:
+    splits the lattice pass already transcribed with this very search (``evaluate.decoding`` beam
+    = ``lattice.beam``), scored from it instead of decoding them again."""
     t0 = time.perf_counter()
-    metrics = evaluate_splits(rt, dm, section.eval_splits, results, section.decoding.method, section.decoding.beam,
-                              rt.max_sym_per_frame)  # as the export header says the model decodes
+    dec = section.decoding
+    reuse = {s: acc for s, acc in decoded.items() if s in section.eval_splits}
+    for split, acc in reuse.items():
+        acc.write_recogs(results / f"recogs-{split}.txt")
+        acc.write_errs(results / f"errs-{split}.txt")
+    metrics = evaluate_splits(rt, dm, [s for s in section.eval_splits if s not in reuse], results, dec.method,
+                              dec.beam, rt.max_sym_per_frame)  # as the export header says the model decodes
+    for acc_split, acc in reuse.items():
+        metrics.update(wer_metrics(acc, acc_split))
+    metrics = add_test_totals(metrics)
     metrics["runtime/wer_decode_s"] = round(time.perf_counter() - t0, 3)
+    metrics["runtime/wer_splits_from_lattices"] = len(reuse)
     return metrics
+
+
+def same_search(section: DictConfig) -> bool:
+    """Whether the lattice pass runs the WER decode's search (then its 1-best is the WER's)."""
+    lc, dec = section.lattice, section.decoding
+    return bool(lc.enabled) and dec.method == "beam" and int(dec.beam) == int(lc.beam)
 
 
 def verify_sherpa(cfg: DictConfig, sc: DictConfig, data_dir: Path, dm, results: Path) -> dict[str, float]:
@@ -215,18 +238,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
         rt, spec = student.rt, student.spec
         metrics = model_figures(student)
 
-        # 1. WER of the integer runtime, every utterance of every split
+        # 1. N-best word lattices (oracle WER, bytes on the wire against the audio's), the cloud's
+        # rescoring of them, and WER of the integer runtime on every utterance of every split
         dm = stage_datamodule(cfg, section)
-        metrics.update(runtime_wer(rt, dm, section, results))
-        if section.sherpa.enabled:
-            metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))
-        # N-best word lattices: oracle WER, bytes on the wire against the audio's
-        lc = section.lattice
+        lc, one_best = section.lattice, {}
         if lc.enabled:
             fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if lc.compare_pytorch else None
-            metrics.update(lattice_metrics(rt, dm, lc, results, fq))
+            lattice_m, one_best = lattice_metrics(rt, dm, lc, results, fq)
+            metrics.update(lattice_m)
             if (results / "lattices" / "draw").is_dir():
                 tracker.log_artifact(results / "lattices" / "draw", "lattices")
+            if section.rescore.enabled:
+                prep = stage.data_dir / "prepare"
+                metrics.update(rescore_metrics(section.rescore, stage.data_dir / "train_lm" / "lm.pt",
+                                               prep / "tokenizer" / "bpe.model", rt.tokens, dm, results))
+                tracker.log_artifact(results / "rescore", "rescore")
+        metrics.update(runtime_wer(rt, dm, section, results, one_best if same_search(section) else {}))
+        if section.sherpa.enabled:
+            metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))
         # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours
         metrics.update(whisper_norm_wer(section.eval_splits, results))
         metrics.update(reference_metrics(tracker.report_dir / "reference.json", metrics))

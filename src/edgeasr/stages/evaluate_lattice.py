@@ -40,7 +40,7 @@ from lhotse import CutSet
 from omegaconf import DictConfig
 
 from edgeasr.compression import restore_fake_quant
-from edgeasr.lattice import WordLattice, nbest_lattices, oracle_path, same_up_to_ties, serialize, write_lattices
+from edgeasr.lattice import WordLattice, decode_lattices, nbest_lattices, oracle_path, same_up_to_ties, serialize, write_lattices
 from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model
 from edgeasr.quantspec import read_spec
@@ -110,6 +110,7 @@ class SplitTally:
 
     oracle: dict[int, WerAccumulator]
     sizes: dict[int, Counter]
+    one_best: WerAccumulator  # the beam search's best hypotheses as a 1-best decode transcribes them
     audio: Counter = field(default_factory=Counter)
     agree: Counter = field(default_factory=Counter)
     sent: list[tuple[str, WordLattice]] = field(default_factory=list)
@@ -119,11 +120,14 @@ def decode_split(rt, pytorch_model, dm, cuts, lc: DictConfig, ns: list[int], dra
     """Lattices of ``cuts`` for every N in ``ns`` from ``rt`` (and ``pytorch_model`` if given);
     audio bytes and drawings (``draw_dir``) only where asked: the first split."""
     top, by_id = max(ns), {c.id: c for c in cuts}
-    tally = SplitTally({n: WerAccumulator() for n in ns}, {n: Counter() for n in ns})
+    tally = SplitTally({n: WerAccumulator() for n in ns}, {n: Counter() for n in ns}, WerAccumulator())
     opus_level = float(lc.opus_compression_level) if lc.opus and draw_dir is not None else None
     for batch in dm.cuts_dataloader(CutSet.from_cuts(cuts)):
         args = (batch["features"], batch["feature_lens"], rt.tokens, ns, int(lc.beam), int(lc.weight_step_log2))
-        lats = nbest_lattices(rt, *args)
+        decoded = decode_lattices(rt, *args)
+        lats = [d.lattices for d in decoded]
+        tally.one_best.update(batch["texts"], [dm.tokenizer.decode(d.best_tokens) for d in decoded],
+                              ids=batch["cut_ids"], classes=batch.get("word_classes"))
         other = nbest_lattices(pytorch_model, *args) if pytorch_model is not None else None
         for k, (cut_id, ref) in enumerate(zip(batch["cut_ids"], batch["texts"])):
             for n, lat in lats[k].items():
@@ -161,10 +165,12 @@ def size_metrics(t: SplitTally, wanted: list[int], compared: bool) -> dict[str, 
     return metrics
 
 
-def lattice_metrics(rt, dm, lc: DictConfig, results: Path, pytorch_model=None) -> dict[str, float]:
+def lattice_metrics(rt, dm, lc: DictConfig, results: Path, pytorch_model=None
+                    ) -> tuple[dict[str, float], dict[str, WerAccumulator]]:
     """Decode ``lc.splits`` with ``rt`` (the integer runtime, ``rt.tokens`` its BPE pieces); the
-    metrics and files of the module docstring. ``pytorch_model``: the same student in PyTorch to
-    compare lattices with, or ``None``."""
+    metrics and files of the module docstring, and per split the 1-best transcripts' accumulator
+    (the same search as ``evaluate.decoding`` beam ``lc.beam``: the stage need not decode twice).
+    ``pytorch_model``: the same student in PyTorch to compare lattices with, or ``None``."""
     wanted = sorted({int(n) for n in lc.nbest})
     ns = sorted(set(wanted) | {1})  # N = 1 always: the 1-best
     out = results / "lattices"
@@ -172,6 +178,7 @@ def lattice_metrics(rt, dm, lc: DictConfig, results: Path, pytorch_model=None) -
     if lc.opus and "OPUS" not in sf.available_subtypes("OGG"):
         log.info("lattice: this libsndfile (%s) writes no Ogg/Opus: no codec figure", sf.__libsndfile_version__)
     metrics: dict[str, float] = {}
+    one_best: dict[str, WerAccumulator] = {}
     t0 = time.perf_counter()
     splits = [s for s in lc.splits if (dm.manifest_dir / f"cuts_{s}.jsonl.gz").is_file()]
     for i, split in enumerate(splits):
@@ -179,9 +186,11 @@ def lattice_metrics(rt, dm, lc: DictConfig, results: Path, pytorch_model=None) -
         t = decode_split(rt, pytorch_model if first else None, dm, pick_cuts(dm.cuts(split), lc.get("max_utts")), lc, ns,
                          out / "draw" if first else None)
         write_lattices(out / f"{split}.jsonl.gz", t.sent)
+        if lc.get("max_utts") is None:
+            one_best[split] = t.one_best
         metrics[f"lattice/wer_1best/{split}"] = round(t.oracle[1].wer, 4)
         metrics.update({f"lattice/oracle_wer/n{n}/{split}": round(t.oracle[n].wer, 4) for n in wanted})
         if first:
             metrics.update(size_metrics(t, wanted, pytorch_model is not None))
     metrics["lattice/decode_s"] = round(time.perf_counter() - t0, 3)
-    return metrics
+    return metrics, one_best

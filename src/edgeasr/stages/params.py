@@ -18,6 +18,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "compress": ("seed", "trainer", "hw", "compress"),
     "mwer": ("seed", "trainer", "hw", "mwer"),
     "export": ("seed", "hw", "export"),
+    "train_lm": ("seed", "data", "trainer", "train_lm"),
     "reference": ("seed", "data.text_normalization", "reference"),
     "evaluate": ("seed", "hw", "export.source", "evaluate"),
 }
