@@ -60,7 +60,7 @@ def lm_text(cfg: DictConfig, manifests: Path):
 
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     section = cfg[STAGE]
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=section.num_threads) as stage:
         out, results, tracker = stage.out, stage.results, stage.tracker
         prep = stage.data_dir / "prepare"
         tok = Tokenizer(prep / "tokenizer" / "bpe.model")
@@ -75,7 +75,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         log.info("%s: %d sentences (%d held-out overlaps removed), %d dev sentences", STAGE, stats["sentences"],
                  stats["overlap_removed"], stats["dev_sentences"])
 
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+        torch.set_num_threads(int(section.num_threads))
         pl.seed_everything(int(cfg.seed), workers=True)
         model = PieceLM(tok.vocab_size, **OmegaConf.to_container(section.model, resolve=True))
         lit = LmLitModule(model, section.optimizer, {**section.scheduler, "total_steps": int(section.max_steps)})
