@@ -5,7 +5,8 @@ just before) are read back as the cloud would, every path scored with the ``trai
 (``data/train_lm/lm.pt``), and the rescoring weights (:mod:`edgeasr.lm.rescore`) tuned on
 ``tune_split`` (dev) are applied to every other split.
 
-Metrics: ``rescore/wer/<split>`` beside ``rescore/wer_1best/<split>`` (the device's own best path)
+Metrics: ``rescore/wer/<split>`` beside ``rescore/wer_1best/<split>`` (each lattice's cheapest path:
+the beam search's best, but for near-ties that the lattice's 2^-7-nat weight grid reorders)
 and ``rescore/gain/<split>`` (1-best minus rescored, WER points), slot and carrier WER after
 rescoring, the chosen ``rescore/lm_weight``, ``rescore/ilm_weight``, ``rescore/length_bonus``, the
 LM's ``rescore/lm_params`` and ``rescore/lm_bytes``, ``rescore/decode_s``. Files under
