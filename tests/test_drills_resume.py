@@ -122,8 +122,9 @@ def _stage_runs(root: Path, stage: str):
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("edgeasr")
+    # a stage run by hand has a parent run named after it too (edgeasr.kind=pipeline): not counted
     return [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-            if r.info.run_name == stage]
+            if r.info.run_name == stage and r.data.tags.get("edgeasr.kind") != "pipeline"]
 
 
 def weights_diff(a: Path, b: Path) -> float:

@@ -54,8 +54,9 @@ ARTIFACTS = Path(os.environ.get("EDGEASR_TEST_ARTIFACTS") or REPO / "test-artifa
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 FOUR = FOUR_METRICS  # wer, sparsity, size_bytes, emulated_latency_ms
 # Which of the four a stage's run page must show, where not all: prepare reports data, not a model
-# (its page is not opened); the reference recognizer (Whisper) is not ours to prune or emulate.
-SHOWN = {"prepare": (), "reference": ("wer", "size_bytes")}
+# (its page is not opened); the reference recognizer (Whisper) is not ours to prune or emulate, nor
+# is the cloud's LM (train_lm: its size, and its perplexity instead of a WER).
+SHOWN = {"prepare": (), "reference": ("wer", "size_bytes"), "train_lm": ("size_bytes",)}
 # A 2-core machine busy with training can take minutes to serve and render one page.
 PAGE_TIMEOUT_S = 420
 SERVER_TIMEOUT_S = 300
