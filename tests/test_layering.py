@@ -111,6 +111,11 @@ def test_the_lattice_builds_on_the_decoders_alone():
     assert not _violations("edgeasr.lattice", banned)
 
 
+def test_the_cloud_lm_imports_no_training_runtime_or_stage_code():
+    banned = ("edgeasr.training", "edgeasr.runtime", "edgeasr.stages", "edgeasr.compression", "edgeasr.tracking")
+    assert not _violations("edgeasr.lm", banned)
+
+
 def test_the_compression_spec_imports_no_component_that_reads_it():
     banned = ("edgeasr.runtime", "edgeasr.emulator", "edgeasr.compression", "edgeasr.training", "edgeasr.export")
     assert not _violations("edgeasr.quantspec", banned)
