@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
+from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search, modified_beam_search_streaming
 from edgeasr.models import build_transducer
 
 F_IN, J, V = 20, 16, 12
@@ -102,6 +102,25 @@ def test_streaming_greedy_equals_full_greedy(model_and_enc, chunk):
             hyps, state_dec = greedy_search_streaming(model, out, out_lens, state_dec, max_sym_per_frame=2)
     assert hyps == full
     assert state_dec.frames == enc_lens.tolist()
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_streaming_beam_equals_full_beam(model_and_enc, chunk):
+    """Chunked modified beam search = the whole-utterance search (scores bit for bit, timestamps
+    absolute), and after each chunk it holds what the whole search held at that frame."""
+    model, _, enc, enc_lens = model_and_enc
+    full = modified_beam_search(model, enc, enc_lens, beam=4)
+    state, prefix_checked = None, 0
+    for s in range(0, enc.size(1), chunk):
+        c_lens = (enc_lens - s).clamp(0, chunk)
+        nbest, state = modified_beam_search_streaming(model, enc[:, s : s + chunk], c_lens, state, beam=4)
+        if s + chunk < int(enc_lens[0]):  # the search so far = a search of the prefix
+            prefix = modified_beam_search(model, enc[:, : s + chunk], enc_lens.clamp(max=s + chunk), beam=4)[0]
+            assert [(h.tokens, h.log_prob, h.timestamps) for h in nbest[0]] == [(h.tokens, h.log_prob, h.timestamps) for h in prefix]
+            prefix_checked += 1
+    assert [[(h.tokens, h.log_prob, h.timestamps) for h in n] for n in nbest] == \
+        [[(h.tokens, h.log_prob, h.timestamps) for h in n] for n in full]
+    assert state.frames == enc_lens.tolist() and prefix_checked >= 2
 
 
 def test_beam_merging_matches_exhaustive_sum_over_alignments():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,26 +33,63 @@ def _logaddexp(a: float, b: float) -> float:
     return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
+@dataclass
+class BeamState:
+    """The search carried across encoder chunks: the live hypotheses of every utterance as one flat
+    list (``utt``: the utterance of each row), their predictor outputs/states (one row each) and the
+    encoder frames each utterance has consumed (the next frame's index, for token timestamps)."""
+
+    hyps: list[Hypothesis]
+    utt: list[int]
+    pred_out: torch.Tensor
+    pred_state: Any
+    frames: list[int]
+
+    def nbest(self) -> list[list[Hypothesis]]:
+        """Per utterance its live hypotheses, best first (sorted by ``log_prob``)."""
+        results: list[list[Hypothesis]] = [[] for _ in self.frames]
+        for h, u in zip(self.hyps, self.utt):
+            results[u].append(h)
+        return [sorted(r, key=lambda h: h.log_prob, reverse=True) for r in results]
+
+
+def init_beam_state(model, batch_size: int, device=None) -> BeamState:
+    pred_out, pred_state = model.predictor.init_decoder(batch_size, device)
+    return BeamState([Hypothesis([], 0.0) for _ in range(batch_size)], list(range(batch_size)), pred_out, pred_state,
+                     [0] * batch_size)
+
+
 @torch.no_grad()
 def modified_beam_search(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int = 4) -> list[list[Hypothesis]]:
     """enc_out: (N, T, J), enc_lens: (N,) -> per utterance up to ``beam`` distinct hypotheses,
     best first (sorted by ``log_prob``)."""
+    nbest, _ = modified_beam_search_streaming(model, enc_out, enc_lens, None, beam)
+    return nbest
+
+
+@torch.no_grad()
+def modified_beam_search_streaming(model, chunk_enc_out: torch.Tensor, enc_lens: torch.Tensor,
+                                   state: BeamState | None = None, beam: int = 4
+                                   ) -> tuple[list[list[Hypothesis]], BeamState]:
+    """Search the next encoder chunk (N, T, J) with ``enc_lens`` valid frames per stream (0 allowed);
+    returns each stream's hypotheses so far (best first) and the state for the next chunk. The search
+    is frame-synchronous and causal, so any chunking gives exactly :func:`modified_beam_search` on the
+    whole output, and the hypotheses after a chunk are what the search holds at that frame."""
     predictor, joiner, blank = model.predictor, model.joiner, model.blank_id
-    n, device = enc_out.size(0), enc_out.device
+    device = chunk_enc_out.device
+    st = state if state is not None else init_beam_state(model, chunk_enc_out.size(0), device)
+    n = len(st.frames)
     enc_lens = enc_lens.tolist()
-
     # Flat list of live hypotheses grouped by utterance; pred_out/pred_state have one row each.
-    hyps: list[Hypothesis] = [Hypothesis([], 0.0) for _ in range(n)]
-    utt = [i for i in range(n)]
-    pred_out, pred_state = predictor.init_decoder(n, device)
+    hyps, utt, pred_out, pred_state = st.hyps, st.utt, st.pred_out, st.pred_state
 
-    for t in range(enc_out.size(1)):
+    for t in range(chunk_enc_out.size(1)):
         rows = [r for r, u in enumerate(utt) if enc_lens[u] > t]
         if not rows:
             break
         rows_t = torch.tensor(rows, device=device)
         utts_t = torch.tensor([utt[r] for r in rows], device=device)
-        logp = joiner.forward_frame(enc_out[utts_t, t], pred_out[rows_t]).float().log_softmax(-1)
+        logp = joiner.forward_frame(chunk_enc_out[utts_t, t], pred_out[rows_t]).float().log_softmax(-1)
         scores = logp + torch.tensor([hyps[r].log_prob for r in rows], device=device).unsqueeze(1)
         v = scores.size(1)
 
@@ -80,7 +118,7 @@ def modified_beam_search(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, b
                 if tok == blank:
                     h = Hypothesis(ph.tokens, val, ph.timestamps)
                 else:
-                    h = Hypothesis(ph.tokens + [tok], val, ph.timestamps + [t])
+                    h = Hypothesis(ph.tokens + [tok], val, ph.timestamps + [st.frames[u] + t])
                 key = tuple(h.tokens)
                 if key in merged:
                     old, op, ot = merged[key]
@@ -121,7 +159,7 @@ def modified_beam_search(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, b
             pred_state = predictor.scatter_state(pred_state, ep, sub)
         hyps, utt = new_hyps, new_utt
 
-    results: list[list[Hypothesis]] = [[] for _ in range(n)]
-    for h, u in zip(hyps, utt):
-        results[u].append(h)
-    return [sorted(r, key=lambda h: h.log_prob, reverse=True) for r in results]
+    for u, m in enumerate(enc_lens):
+        st.frames[u] += int(min(m, chunk_enc_out.size(1)))
+    st.hyps, st.utt, st.pred_out, st.pred_state = hyps, utt, pred_out, pred_state
+    return st.nbest(), st
