@@ -104,7 +104,7 @@ def test_streaming_greedy_equals_full_greedy(model_and_enc, chunk):
     assert state_dec.frames == enc_lens.tolist()
 
 
-@pytest.mark.parametrize("chunk", [1, 7])
+@pytest.mark.parametrize("chunk", [1, 3])
 def test_streaming_beam_equals_full_beam(model_and_enc, chunk):
     """Chunked modified beam search = the whole-utterance search (scores bit for bit, timestamps
     absolute), and after each chunk it holds what the whole search held at that frame."""
