@@ -6,3 +6,7 @@ Kept import-free: synthesis workers import this package and must not pay for tor
 #: Splits used for evaluation; ``train`` is labeled, ``unlabeled`` is audio only.
 EVAL_SPLITS = ("dev", "test", "test_noisy", "test_rare")
 ALL_SPLITS = ("train", "unlabeled") + EVAL_SPLITS
+#: End-pointing splits (embedded corpus only): trailing silence, hesitations inside some requests and
+#: the true end of speech per utterance (supervision custom ``speech_end``, ``hesitation``). Written
+#: apart from the manifests training reads (``data/prepare/endpoint/``), without features.
+PAUSE_SPLITS = ("dev_pause", "test_pause")

@@ -23,6 +23,10 @@
   :mod:`edgeasr.stages.evaluate_lattice`): oracle WER beside the 1-best for each N, bytes per
   utterance against the audio's, drawings of a few as MLflow artifacts.
 
+* The dual end-pointers (``evaluate.endpoint``, :mod:`edgeasr.stages.evaluate_endpoint`): the
+  end-pointing splits streamed through the runtime; latency after the end of speech, early cuts,
+  resets, WER at each decision, the latency/early-cut trade-off over thresholds.
+
 * The cloud side (``evaluate.rescore``, :mod:`edgeasr.stages.evaluate_rescore`): those lattices
   rescored with the ``train_lm`` stage's LM, weights tuned on dev, WER before and after per split.
 
@@ -51,6 +55,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from edgeasr import pipeline_report, reference
+from edgeasr.data.features import KaldiFbankConfig
 from edgeasr.deploy.sherpa import hotword_wer, utterances_from_cuts, verify_bundle
 from edgeasr.emulator.modelspec import VARIANTS, ModelSpec
 from edgeasr.emulator.plot import roofline_figure
@@ -62,6 +67,7 @@ from edgeasr.models.io import load_model
 from edgeasr.runtime import load_student
 
 from .common import stage_datamodule
+from .evaluate_endpoint import endpoint_metrics
 from .evaluate_lattice import lattice_metrics, pytorch_student
 from .evaluate_rescore import rescore_metrics
 from .evaluate_npu import (
@@ -254,6 +260,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                                prep / "tokenizer" / "bpe.model", rt.tokens, dm, results))
                 tracker.log_artifact(results / "rescore", "rescore")
         metrics.update(runtime_wer(rt, dm, section, results, one_best if same_search(section) else {}))
+        if section.endpoint.enabled:  # the dual end-pointers on the end-pointing splits
+            metrics.update(endpoint_metrics(rt, section.endpoint, lc, stage.data_dir / "prepare",
+                                            KaldiFbankConfig.from_cfg(cfg.prepare.features), results, tracker))
+            if (results / "endpoint").is_dir():
+                tracker.log_artifact(results / "endpoint", "endpoint")
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))
         # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours

@@ -7,6 +7,9 @@ Outputs (``data/prepare/``, a DVC out):
   scoring/supervisions_unlabeled.jsonl.gz   unlabeled transcripts: for scoring pseudo-labels only
   tokenizer/bpe.model, tokenizer/tokens.txt
   feats/, audio/                        lilcom features, rendered audio
+  endpoint/cuts_<split>.jsonl.gz       the end-pointing splits (dev_pause, test_pause; no features:
+                                       evaluate streams their audio), apart from what training reads
+  endpoint/end_of_query.json           P(end of request | last words) from the train transcripts
   filtered.jsonl                        every dropped item with its reason
 and ``reports/prepare.json`` with corpus statistics (same keys on the MLflow run).
 """
@@ -27,10 +30,11 @@ from lhotse import CutSet, LilcomChunkyWriter, SupervisionSet
 from lhotse.qa import validate
 from omegaconf import DictConfig
 
-from edgeasr.data import ALL_SPLITS, EVAL_SPLITS, sources
+from edgeasr.data import ALL_SPLITS, EVAL_SPLITS, PAUSE_SPLITS, sources
 from edgeasr.data.augment import augment, corrupt
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
 from edgeasr.data.disk import disk_full_as_error, write_manifest
+from edgeasr.endpoint.eoq import EndOfQuery
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
 from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.data.tokenizer import Tokenizer, train_tokenizer
@@ -128,7 +132,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         t = time.perf_counter()
         f = p.filters
         cuts: dict[str, CutSet] = {}
-        for split in ALL_SPLITS:
+        for split in ALL_SPLITS + PAUSE_SPLITS:
             if split not in raw:
                 continue
             recs, sups = raw[split]
@@ -163,6 +167,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for split in cuts:
             if split != "unlabeled":
                 cuts[split] = filter_by_tokens(split, cuts[split], tok.encode, tok.unk_id, sub, frame_shift, flog)
+        pauses = {split: cuts.pop(split) for split in PAUSE_SPLITS if split in cuts}
+        write_endpoint_data(out / "endpoint", pauses, cuts["train"], int(p.end_of_query.order))
         timings["time_s/clean"] = time.perf_counter() - t
 
         # Augmentation: train copies, and the noisy test condition for sources that lack one.
@@ -214,7 +220,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             write_manifest(cs, out / "manifests" / f"cuts_{split}.jsonl.gz")
         flog.write(out / "filtered.jsonl")
 
-        metrics = corpus_metrics(cuts, tok, flog)
+        metrics = corpus_metrics({**cuts, **pauses}, tok, flog)
         tracker.log_report(metrics)
         timings["time_s/total"] = time.perf_counter() - t0
         tracker.log_metrics(timings)
@@ -222,6 +228,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tracker.log_artifact(out / "tokenizer" / "tokens.txt")
         log.info("prepare: %s", {k: round(v, 3) for k, v in {**metrics, **timings}.items()})
     return metrics
+
+
+def write_endpoint_data(out: Path, pauses: Mapping[str, CutSet], train: CutSet, order: int) -> None:
+    """The end-pointing splits' manifests (validated, no features) and the end-of-query table of
+    the train transcripts, under ``out`` (not a dependency of the training stages)."""
+    out.mkdir()
+    for split, cs in pauses.items():
+        validate(cs, read_data=False)
+        r, s, _ = cs.decompose()
+        write_manifest(r, out / f"recordings_{split}.jsonl.gz")
+        write_manifest(s, out / f"supervisions_{split}.jsonl.gz")
+        write_manifest(cs, out / f"cuts_{split}.jsonl.gz")
+    EndOfQuery.fit((c.supervisions[0].text for c in train), order).save(out / "end_of_query.json")
 
 
 def corpus_metrics(cuts: Mapping[str, CutSet], tok: Tokenizer, flog: FilterLog) -> dict[str, float]:

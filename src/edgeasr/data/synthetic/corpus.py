@@ -21,11 +21,12 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from .. import PAUSE_SPLITS
 from . import tts
 from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory
 from .workers import run_fresh, worker_pool
 
-SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare")
+SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare", "dev_pause", "test_pause")
 VOICE_POOL = {
     "train": "train",
     "unlabeled": "train",
@@ -33,7 +34,10 @@ VOICE_POOL = {
     "test": "test",
     "test_noisy": "test",
     "test_rare": "test",
+    "dev_pause": "dev",
+    "test_pause": "test",
 }
+
 SAMPLE_RATE = tts.SAMPLE_RATE
 CHUNK_SIZE = 64  # utterances per forked child: ~110 s of audio, ~0.25 s of CPU
 _EXPECTED_UTT_S = 2.2  # prior for scheduling only; results never depend on it
@@ -103,6 +107,7 @@ class UtteranceSpec:
     entity: str | None = None
     context: tuple[str, ...] | None = None
     word_classes: str | None = None  # one "s" (slot) / "c" (carrier) per word of `text`
+    hesitation: tuple[int, float] | None = None  # (words of `spoken` before the pause, its seconds)
 
 
 def common_generator(cfg: Mapping, seed: int) -> RequestGenerator:
@@ -130,6 +135,8 @@ def iter_split_specs(
     rate_lo, rate_hi = (int(v) for v in vcfg.get("rate", [130, 230]))
     pitch_lo, pitch_hi = (int(v) for v in vcfg.get("pitch", [25, 80]))
     rng = derive_rng(seed, "split", split)
+    pauses = cfg.get("pauses", {}) if split in PAUSE_SPLITS else None
+    trail_lo, trail_hi = (float(v) for v in (pauses or {}).get("trail_s", [0.1, 0.2]))
     gen: RequestGenerator | RareRequestGenerator = common
     if split == "test_rare":
         inv = cfg.get("inventory", {})
@@ -139,6 +146,7 @@ def iter_split_specs(
     i = 0
     while True:
         req = gen.sample(rng)
+        hesitation = _draw_hesitation(req.spoken, pauses, rng) if pauses is not None else None
         yield UtteranceSpec(
             id=f"{split}-{i:06d}",
             text=req.text,
@@ -148,15 +156,28 @@ def iter_split_specs(
             rate=int(rng.integers(rate_lo, rate_hi + 1)),
             pitch=int(rng.integers(pitch_lo, pitch_hi + 1)),
             lead_s=float(rng.uniform(0.1, 0.2)),
-            trail_s=float(rng.uniform(0.1, 0.2)),
+            trail_s=float(rng.uniform(trail_lo, trail_hi)),
             peak_dbfs=float(rng.uniform(-18.0, -1.0)),
             floor_dbfs=float(rng.uniform(-84.0, -72.0)),
             tts_seed=int(rng.integers(1, 2**31 - 1)),
             entity=req.entity,
             context=tuple(req.context) if req.context is not None else None,
             word_classes=req.word_classes,
+            hesitation=hesitation,
         )
         i += 1
+
+
+def _draw_hesitation(spoken: str, pauses: Mapping, rng: np.random.Generator) -> tuple[int, float] | None:
+    """A pause inside the request with probability ``hesitation_prob``, at a word boundary drawn
+    uniformly (after the wake word counts too), of ``hesitation_s`` seconds (uniform)."""
+    prob = float(pauses.get("hesitation_prob", 0.0))
+    lo, hi = (float(v) for v in pauses.get("hesitation_s", [0.3, 0.9]))
+    draw, where, length = rng.uniform(), rng.uniform(), rng.uniform(lo, hi)  # always drawn: a fixed stream
+    words = len(spoken.split())
+    if words < 2 or draw >= prob:
+        return None
+    return 1 + int(where * (words - 1)), float(length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,14 +187,38 @@ def iter_split_specs(
 def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
     """Synthesise one spec: trimmed, resampled to 16 kHz, peak-normalised, faint noise floor added
     (eSpeak's pauses are exact zeros, which real microphones never deliver); int16 samples."""
+    return render_marked(spec, engine)[0]
+
+
+def _voiced(x: np.ndarray, peak: float) -> np.ndarray:
+    return np.flatnonzero(np.abs(x) > peak * 10 ** (-40 / 20))
+
+
+def render_marked(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`render` and where the speech is: ``speech_end`` (seconds: the last sample above -40 dB
+    of the peak) and, with a hesitation, ``hesitation`` [start, end] in seconds. A hesitation
+    synthesises the two halves apart and joins their voiced parts with that much silence."""
     engine = engine or tts.ESpeak.get()
-    native = engine.synthesize_native(spec.spoken, spec.voice, spec.rate, spec.pitch, spec.tts_seed)
-    x = native.astype(np.float32) / 32768.0
+    sr = tts.NATIVE_SAMPLE_RATE
+    if spec.hesitation is None:
+        native = engine.synthesize_native(spec.spoken, spec.voice, spec.rate, spec.pitch, spec.tts_seed)
+        x = native.astype(np.float32) / 32768.0
+        gap = None
+    else:
+        words, (k, seconds) = spec.spoken.split(), spec.hesitation
+        halves = [engine.synthesize_native(" ".join(part), spec.voice, spec.rate, spec.pitch, spec.tts_seed).astype(np.float32) / 32768.0
+                  for part in (words[:k], words[k:])]
+        peak = max((float(np.abs(h).max()) if len(h) else 0.0) for h in halves)
+        spans = [_voiced(h, peak) for h in halves]
+        if peak <= 0.0 or any(len(v) == 0 for v in spans):
+            raise RuntimeError(f"eSpeak produced silence for part of {spec.id}: {spec.spoken!r} ({spec.voice})")
+        first = halves[0][spans[0][0]: spans[0][-1] + 1]
+        x = np.concatenate([first, np.zeros(int(round(seconds * sr)), np.float32), halves[1][spans[1][0]: spans[1][-1] + 1]])
+        gap = (len(first), len(first) + int(round(seconds * sr)))
     peak = float(np.abs(x).max()) if len(x) else 0.0
     if peak <= 0.0:
         raise RuntimeError(f"eSpeak produced silence for {spec.id}: {spec.spoken!r} ({spec.voice})")
-    voiced = np.flatnonzero(np.abs(x) > peak * 10 ** (-40 / 20))
-    sr = tts.NATIVE_SAMPLE_RATE
+    voiced = _voiced(x, peak)
     lead, trail = int(spec.lead_s * sr), int(spec.trail_s * sr)
     start, end = max(0, voiced[0] - lead), min(len(x), voiced[-1] + 1 + trail)
     # eSpeak's own margins can be shorter than the drawn ones: pad with silence.
@@ -188,18 +233,22 @@ def render(spec: UtteranceSpec, engine: tts.ESpeak | None = None) -> np.ndarray:
     y *= 10 ** (spec.peak_dbfs / 20) / max(float(np.abs(y).max()), 1e-9)
     floor = np.random.default_rng(spec.tts_seed).standard_normal(len(y)).astype(np.float32)
     y += 10 ** (spec.floor_dbfs / 20) * floor
-    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+    shift = lead - voiced[0]  # native sample i of the synthesis is sample i + shift of x
+    marks: dict[str, Any] = {"speech_end": round(float(voiced[-1] + 1 + shift) / sr, 4)}
+    if gap is not None:
+        marks["hesitation"] = [round(float(gap[0] + shift) / sr, 4), round(float(gap[1] + shift) / sr, 4)]
+    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16), marks
 
 
-def _render_chunk(out_dir: str, specs: list[UtteranceSpec]) -> list[int]:
+def _render_chunk(out_dir: str, specs: list[UtteranceSpec]) -> list[tuple[int, dict[str, Any]]]:
     engine = tts.ESpeak.get()
-    lengths = []
+    done = []
     for spec in specs:
-        audio = render(spec, engine)
+        audio, marks = render_marked(spec, engine)
         path = Path(out_dir) / f"{spec.id}.flac"
         sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        lengths.append(len(audio))
-    return lengths
+        done.append((len(audio), marks))
+    return done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +262,7 @@ class _SplitJob:
         self.name, self.target_s, self.specs, self.out_dir = name, target_s, specs, out_dir
         self.chunks: list[list[UtteranceSpec]] = []
         self.lengths: dict[int, list[int]] = {}
+        self.marks: dict[str, dict[str, Any]] = {}  # per utterance id: where its speech is
         self.kept: list[tuple[UtteranceSpec, int]] | None = None  # set once the target is reached
         self.bar = None
 
@@ -275,7 +325,9 @@ def _run_jobs(jobs: list[_SplitJob], num_jobs: int, progress: bool) -> None:
                 break
             raise RuntimeError("synthesis scheduler stalled")  # pragma: no cover
         job, k, res = inflight.popleft()
-        job.lengths[k] = res.get()
+        done = res.get()
+        job.lengths[k] = [n for n, _ in done]
+        job.marks.update((spec.id, m) for spec, (_, m) in zip(job.chunks[k], done))
         done_s += sum(job.lengths[k]) / SAMPLE_RATE
         done_n += len(job.lengths[k])
         per_utt_s = done_s / done_n
@@ -312,7 +364,9 @@ def synthesize_corpus(
     out_dir/<split>/<id>.flac (16 kHz mono, 16-bit). Supervisions cover each recording entirely:
     normalised text, speaker = voice name, custom = {family, voice, rate, pitch, word_classes} plus,
     in test_rare, the named `entity` and the user's `context` list. `word_classes` has one "s" (slot
-    value) or "c" (carrier word) per word of the text (edgeasr/data/word_classes.py). test_noisy is
+    value) or "c" (carrier word) per word of the text (edgeasr/data/word_classes.py). The
+    end-pointing splits (dev_pause, test_pause) add ``speech_end`` and, where the request has a
+    hesitation inside, ``hesitation`` [start, end] (seconds, from the synthesis). test_noisy is
     returned clean. Output is identical for the same cfg and seed whatever num_jobs is. Workers
     use the spawn start method, so a calling script needs the usual ``if __name__ == "__main__":``
     guard.
@@ -382,6 +436,8 @@ def synthesize_corpus(
             if spec.context is not None:
                 custom["entity"] = spec.entity
                 custom["context"] = list(spec.context)
+            if job.name in PAUSE_SPLITS:
+                custom.update(job.marks[spec.id])
             supervisions.append(
                 SupervisionSegment(
                     id=spec.id,
