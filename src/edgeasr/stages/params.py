@@ -20,7 +20,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "export": ("seed", "hw", "export"),
     "train_lm": ("seed", "data", "trainer", "train_lm"),
     "reference": ("seed", "data.text_normalization", "reference"),
-    "evaluate": ("seed", "hw", "export.source", "evaluate"),
+    "evaluate": ("seed", "hw", "export.source", "prepare.features", "evaluate"),
 }
 
 # Read by the stage but not logged on its run: where the data lives on this machine is no setting
