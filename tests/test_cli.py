@@ -254,6 +254,32 @@ def test_beam_search_and_its_streaming_restriction(assets, capsys):
     assert code == 2 and "greedy" in err and out == ""
 
 
+def test_streaming_endpoint_prints_partials_and_end_pointer_events(assets, capsys, tmp_path):
+    from edgeasr.endpoint import EndOfQuery, EndpointConfig, EndpointRule
+
+    f = assets["files"]
+    rule, eoq = tmp_path / "rule.json", tmp_path / "eoq.json"
+    EndpointConfig(EndpointRule(0.08, 0.4, 0.5), EndpointRule(0.08, 0.24, 0.3), chunk_ms=80.0, beam=4).save(rule)
+    EndOfQuery.fit(["turn on the lights", "stop"]).save(eoq)
+    for model in (assets["exported"], assets["compressed"]):  # the exported file and a model.pt it streams like
+        code, out, err = run_main(capsys, "transcribe", model, f["good0"], f["good2"], "--streaming", "--endpoint",
+                                  "--endpoint-config", rule, "--end-of-query", eoq, "--tokenizer", assets["tok"])
+        assert code == 0, err
+        rows = [line.split("\t") for line in out.splitlines()]
+        assert all(len(r) == 4 for r in rows) and {r[0] for r in rows} == {str(f["good0"]), str(f["good2"])}
+        for path in (f["good0"], f["good2"]):
+            mine = [r for r in rows if r[0] == str(path)]
+            times = [float(r[1]) for r in mine]
+            assert times == sorted(times) and {r[2] for r in mine} <= {"partial", "speculative", "reset", "final", "end"}
+            assert mine[-1][2] in ("final", "end") and [r[2] for r in mine].count(mine[-1][2]) == 1
+    # --endpoint without --streaming, and a missing configuration: one line, exit 2
+    code, out, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], "--endpoint")
+    assert code == 2 and "--streaming" in err and out == ""
+    code, out, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], "--streaming", "--endpoint",
+                              "--endpoint-config", tmp_path / "nope.json", "--end-of-query", eoq)
+    assert code == 2 and "nope.json" in err and "dvc repro evaluate" in err and len(err.strip().splitlines()) == 1
+
+
 def test_conformer_teacher_decodes_offline_but_refuses_streaming(assets, capsys):
     f = assets["files"]
     code, out, err = run_main(capsys, "transcribe", assets["teacher"], f["good0"], "--tokenizer", assets["tok"])

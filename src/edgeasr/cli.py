@@ -1,6 +1,7 @@
 """``edgeasr``: use a trained model outside the pipeline (issue 7, part 4).
 
     edgeasr transcribe MODEL AUDIO... [--streaming] [--chunk-ms 320] [--method greedy|beam] [--beam 4]
+    edgeasr transcribe MODEL AUDIO... --streaming --endpoint [--endpoint-config F] [--end-of-query F]
     edgeasr score MODEL SET [--out DIR] [--method greedy|beam] [--beam 4] [--streaming] [--allow-source-type TYPE]
 
 MODEL is any stage's ``data/<stage>/model.pt`` (tokenizer: ``--tokenizer``, default
@@ -14,6 +15,11 @@ refused (exit 2) unless ``--allow-source-type`` names that type.
 Audio goes through the prepare stage's feature extractor (:class:`edgeasr.data.features.KaldiFbank`
 with its defaults, which are ``prepare.features``), at 16 kHz (other rates are resampled, as the
 prepare stage does) on channel 0 (the channel the prepare stage's cuts use).
+
+``--streaming --endpoint`` prints ``<path>\\t<time_s>\\t<event>\\t<text>`` lines instead: every partial
+transcript and the speculative / reset / final decisions of the end-pointers (:mod:`edgeasr.endpoint`),
+with the rules the evaluate stage chose (``data/evaluate/results/endpoint/rule.json``) and the
+prepare stage's end-of-query table.
 
 Loading the model: :mod:`edgeasr.recognizer`; reading audio and sets: :mod:`edgeasr.audio_input`.
 
@@ -34,7 +40,8 @@ from typing import Sequence, TextIO
 
 from tqdm import tqdm
 
-from edgeasr.cli_base import DEFAULT_TOKENIZER, AudioError, CliError, Notes, write_line
+from edgeasr.cli_base import (DEFAULT_END_OF_QUERY, DEFAULT_ENDPOINT_CONFIG, DEFAULT_TOKENIZER, AudioError, CliError, Notes,
+                               write_line)
 from edgeasr.metrics import WerAccumulator
 
 
@@ -64,11 +71,25 @@ def _failure(name: object, e: Exception) -> str:
     return f"edgeasr: error: {name}: cannot decode ({type(e).__name__}: {text})"
 
 
-def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: bool = False, chunk_ms: float = 320,
-               method: str = "greedy", beam: int = 4, tokenizer: str | Path | None = None,
+def _endpoint_setup(config: str | Path | None, end_of_query: str | Path | None):
+    from edgeasr.endpoint import EndOfQuery, EndOfQueryError, EndpointConfig, EndpointConfigError
+
+    try:
+        return (EndpointConfig.load(config if config is not None else DEFAULT_ENDPOINT_CONFIG),
+                EndOfQuery.load(end_of_query if end_of_query is not None else DEFAULT_END_OF_QUERY))
+    except (EndpointConfigError, EndOfQueryError) as e:
+        raise CliError(str(e)) from e
+
+
+def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: bool = False, chunk_ms: float | None = None,
+               method: str = "greedy", beam: int = 4, tokenizer: str | Path | None = None, endpoint: bool = False,
+               endpoint_config: str | Path | None = None, end_of_query: str | Path | None = None,
                out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Print ``<path>\\t<text>`` per audio file. Returns 0, or 1 if any file could not be used
-    (each reported on ``err``). Raises CliError for an unusable model or options."""
+    """Print ``<path>\\t<text>`` per audio file; with ``endpoint`` (streaming only) instead
+    ``<path>\\t<time_s>\\t<event>\\t<text>`` per partial and end-pointer event (modified beam search
+    and both end-pointers as ``endpoint_config`` says: the evaluate stage's choice by default).
+    Returns 0, or 1 if any file could not be used (each reported on ``err``). Raises CliError for
+    an unusable model or options."""
     # torch and lhotse take seconds to import (measured: `edgeasr --help` 0.1 s CPU without them,
     # 3.4 s with them), so only a command that decodes loads them
     from edgeasr.audio_input import audio_features, chunk_frames, read_audio
@@ -76,27 +97,36 @@ def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: boo
 
     out, err = out or sys.stdout, err or sys.stderr
     note = Notes(err)
-    _check_method(method, streaming)
+    if endpoint and not streaming:
+        raise CliError("--endpoint needs --streaming (end-pointers decide while the audio streams)")
+    _check_method(method, streaming and not endpoint)
+    ep = _endpoint_setup(endpoint_config, end_of_query) if endpoint else None
     rec = load_recognizer(model, tokenizer, note)
     if streaming:
         rec.check_streaming(note)
+    chunk = chunk_frames(chunk_ms if chunk_ms is not None else (ep[0].chunk_ms if ep else 320.0))
     failed = 0
     for a in audio:
         try:
-            text = rec.transcribe_features(audio_features(read_audio(a, note)), method=method, beam=beam,
-                                           streaming=streaming, chunk_frames=chunk_frames(chunk_ms), name=str(a))
+            feats = audio_features(read_audio(a, note))
+            if ep is not None:
+                lines = [f"{a}\t{t:.3f}\t{kind}\t{text}" for t, kind, text in rec.endpoint_events(feats, *ep, chunk, str(a))]
+            else:
+                lines = [f"{a}\t" + rec.transcribe_features(feats, method=method, beam=beam, streaming=streaming,
+                                                             chunk_frames=chunk, name=str(a))]
         except Exception as e:  # one file never aborts the others (KeyboardInterrupt still does)
             write_line(_failure(a, e), err)
             failed += 1
             continue
-        print(f"{a}\t{text}", file=out, flush=True)
+        for line in lines:
+            print(line, file=out, flush=True)
     if failed:
         write_line(f"edgeasr: {failed} of {len(audio)} files could not be transcribed", err)
     return 1 if failed else 0
 
 
 def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".", method: str = "greedy",
-          beam: int = 4, tokenizer: str | Path | None = None, streaming: bool = False, chunk_ms: float = 320,
+          beam: int = 4, tokenizer: str | Path | None = None, streaming: bool = False, chunk_ms: float | None = None,
           out: TextIO | None = None, err: TextIO | None = None, progress: bool | None = None,
           allow_source_types: Sequence[str] = ()) -> int:
     """Decode SET, print the corpus WER (summed errors / summed reference words) and write
@@ -123,7 +153,7 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     for u in tqdm(utts, desc=f"score {set_path.name}", unit="utt", file=err, disable=not show, leave=False):
         try:
             text = rec.transcribe_features(u.features(note), method=method, beam=beam, streaming=streaming,
-                                           chunk_frames=chunk_frames(chunk_ms), name=u.id)
+                                           chunk_frames=chunk_frames(chunk_ms or 320.0), name=u.id)
         except Exception as e:  # as in transcribe: one utterance never aborts the set
             write_line(_failure(u.id, e), err)
             failed += 1
@@ -174,13 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "an exported file carries its own tokens")
         sp.add_argument("--streaming", action="store_true",
                         help="run the encoder chunk by chunk with state (LSTM student / exported file; greedy)")
-        sp.add_argument("--chunk-ms", type=_positive(float), default=320.0,
-                        help="streaming chunk length in ms of features (default 320)")
+        sp.add_argument("--chunk-ms", type=_positive(float), default=None,
+                        help="streaming chunk length in ms of features (default 320; with --endpoint the "
+                             "configuration's)")
 
     t = sub.add_parser("transcribe", help="print '<path>\\t<text>' for each audio file",
                        description="Print '<path>\\t<text>' for each audio file (any rate: resampled to 16 kHz).")
     common(t)
     t.add_argument("audio", metavar="AUDIO", nargs="+", help="audio files (wav, flac, ...)")
+    t.add_argument("--endpoint", action="store_true",
+                   help="with --streaming: print '<path>\\t<time_s>\\t<event>\\t<text>' for every partial and "
+                        "end-pointer event (partial, speculative, reset, final; end if the audio ends first)")
+    t.add_argument("--endpoint-config", metavar="PATH", default=None,
+                   help=f"the end-pointers' rules and stream settings (default {DEFAULT_ENDPOINT_CONFIG}, "
+                        "written by the evaluate stage)")
+    t.add_argument("--end-of-query", metavar="PATH", default=None,
+                   help=f"the end-of-query table (default {DEFAULT_END_OF_QUERY}, written by the prepare stage)")
     s = sub.add_parser("score", help="WER on a test set, with icefall-style recogs/errs",
                        description="Decode a test set, print the corpus WER and write recogs-<set>.txt / errs-<set>.txt.")
     common(s)
@@ -202,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tokenizer=args.tokenizer)
     try:
         if args.command == "transcribe":
-            return transcribe(args.model, args.audio, **opts)
+            return transcribe(args.model, args.audio, endpoint=args.endpoint, endpoint_config=args.endpoint_config,
+                              end_of_query=args.end_of_query, **opts)
         return score(args.model, args.set, out_dir=args.out, progress=args.progress,
                      allow_source_types=args.allow_source_types, **opts)
     except CliError as e:

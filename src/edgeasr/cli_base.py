@@ -13,6 +13,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 DEFAULT_TOKENIZER = "data/prepare/tokenizer/bpe.model"
+DEFAULT_END_OF_QUERY = "data/prepare/endpoint/end_of_query.json"
+DEFAULT_ENDPOINT_CONFIG = "data/evaluate/results/endpoint/rule.json"
 
 
 class CliError(Exception):

@@ -22,6 +22,7 @@ from edgeasr.compression.actquant import float_view, is_quantized
 from edgeasr.data.features import KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
 from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
+from edgeasr.endpoint import EndOfQuery, EndpointConfig, event_lines, simulate, stream_decisions
 from edgeasr.export import MAGIC, ExportFormatError
 from edgeasr.export.reader import _what_is
 from edgeasr.models.io import load_model
@@ -123,6 +124,20 @@ class Recognizer:
             out, out_lens, state = model.encoder.infer(x, torch.tensor([x.size(1)]), state)
             hyps, dec = greedy_search_streaming(model, out, out_lens, dec, max_sym_per_frame=self.max_sym_per_frame)
         return list(hyps[0])
+
+    def endpoint_events(self, feats, cfg: EndpointConfig, eoq: EndOfQuery, chunk_frames: int,
+                        name: str = "input") -> list[tuple[float, str, str]]:
+        """Stream ``feats`` (T, F) with modified beam search and both end-pointers of ``cfg``:
+        ``(time_s, kind, text)`` lines (:func:`edgeasr.endpoint.event_lines`)."""
+        self.check_streaming()
+        if feats.dim() != 2 or feats.size(1) != self.feature_dim:
+            raise AudioError(f"{name}: features of shape {tuple(feats.shape)}, the model takes (T, {self.feature_dim})")
+        model = self.model if self.kind == "exported" else (self._stream_rt or self.model)
+        stop = max(cfg.final.incomplete_s, cfg.speculative.incomplete_s) + 0.01
+        trace = stream_decisions(model, feats.float(), chunk_frames, cfg.beam, eoq, lambda ids: self.to_text(ids).split(),
+                                 stop_silence_s=stop, vad_margin_db=cfg.vad_margin_db, support_s=cfg.support_s,
+                                 temperature=cfg.beam_temperature)
+        return event_lines(trace, simulate(trace.points, cfg.final, cfg.speculative), self.to_text)
 
     def transcribe_features(self, feats, **kw) -> str:
         return self.to_text(self.recognize(feats, **kw))

@@ -3,12 +3,14 @@
 :class:`EndOfQuery` (how complete the words so far look, a table counted on the train text),
 :class:`EndpointRule` and :func:`simulate` (a speculative and a final end-pointer over decision
 points), :func:`stream_decisions` (the streaming student with modified beam search, one decision
-point per chunk). Device side: never imports training, compression or stage code.
+point per chunk), :func:`event_lines` (what ``edgeasr transcribe --streaming --endpoint`` prints),
+:class:`EndpointConfig` (the rules and stream settings the evaluate stage chose). Device side: never imports training, compression or stage code.
 """
 
+from .config import EndpointConfig, EndpointConfigError
 from .eoq import EndOfQuery, EndOfQueryError
 from .rules import EndpointRule, Events, Point, simulate
-from .stream import EncoderStream, StreamTrace, stream_decisions
+from .stream import EncoderStream, StreamTrace, event_lines, stream_decisions
 
-__all__ = ["EncoderStream", "EndOfQuery", "EndOfQueryError", "EndpointRule", "Events", "Point", "StreamTrace",
-           "simulate", "stream_decisions"]
+__all__ = ["EncoderStream", "EndOfQuery", "EndOfQueryError", "EndpointConfig", "EndpointConfigError", "EndpointRule",
+           "Events", "Point", "StreamTrace", "event_lines", "simulate", "stream_decisions"]

@@ -14,7 +14,7 @@ import torch
 from edgeasr.decoding import Hypothesis, modified_beam_search_streaming
 
 from .eoq import EndOfQuery
-from .rules import Point
+from .rules import Events, Point
 from .vad import EnergyVad
 
 
@@ -115,3 +115,28 @@ def stream_decisions(model, feats: torch.Tensor, chunk_frames: int, beam: int, e
         if stop_silence_s is not None and best.tokens and silence >= stop_silence_s:
             break
     return StreamTrace(points, beams, frame_s)
+
+
+def event_lines(trace: StreamTrace, events: Events, to_text: Callable[[Sequence[int]], str]) -> list[tuple[float, str, str]]:
+    """``(time_s, kind, text)`` in stream order: ``partial`` whenever the best hypothesis's text
+    changes, ``speculative`` / ``reset`` / ``final`` as the end-pointers decide, and ``end`` when the
+    input ran out before the final one did. Nothing after ``final``: the stream is closed."""
+    kinds: dict[int, list[str]] = {}
+    for kind, idxs in (("reset", events.resets), ("speculative", events.speculative)):
+        for i in idxs:
+            kinds.setdefault(i, []).append(kind)
+    last = events.final if events.final is not None else len(trace.points) - 1
+    lines, shown = [], ""
+    for i in range(last + 1):
+        t, text = trace.points[i].time_s, to_text(trace.beams[i][0].tokens)
+        if "reset" in kinds.get(i, ()):
+            lines.append((t, "reset", text))
+        if text != shown:
+            lines.append((t, "partial", text))
+            shown = text
+        if "speculative" in kinds.get(i, ()):
+            lines.append((t, "speculative", text))
+    if trace.points:
+        lines.append((trace.points[last].time_s, "final" if events.final is not None else "end",
+                      to_text(trace.beams[last][0].tokens)))
+    return lines
