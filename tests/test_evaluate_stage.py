@@ -129,7 +129,31 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     c = cfg.evaluate.rescore
     assert len(grid) == 1 + len(c.lm_weights) * len(c.ilm_weights) * len(c.length_bonuses)
 
+    # the dual end-pointers on the tiny end-pointing splits (an untrained student: the figures are
+    # real measurements of a model that hears nothing, so only their consistency is checked here)
+    from edgeasr.endpoint import EndpointConfig
+
+    e = cfg.evaluate.endpoint
+    rule = EndpointConfig.load(results / "endpoint/rule.json")
+    assert report["endpoint/final/complete_ms"] == pytest.approx(1000 * rule.final.complete_s)
+    rules = [r for r in (results / "endpoint/tradeoff.csv").read_text().splitlines()[1:]]
+    n_rules = sum(c <= i for c in e.tune.complete_s for i in e.tune.incomplete_s) * len(e.tune.thresholds)
+    assert len(rules) == n_rules * len(e.splits)
+    for split in e.splits:
+        n = len(CutSet.from_file(export_root / f"data/prepare/endpoint/cuts_{split}.jsonl.gz"))
+        assert report[f"endpoint/utts/{split}"] == n > 0
+        events = [json.loads(line) for line in (results / f"endpoint/events-{split}.jsonl").read_text().splitlines()]
+        assert len(events) == n and all(0 < ev["speech_end"] for ev in events)
+        for kind in ("final", "speculative"):
+            assert 0 <= report[f"endpoint/{kind}/early_cut_rate/{split}"] <= 1
+            assert report[f"endpoint/{kind}/early_cut_rate/{split}"] + report[f"endpoint/{kind}/missed_rate/{split}"] <= 1
+        for k in ("speculative", "final", "stream"):
+            assert report[f"endpoint/wer/{k}/{split}"] >= 0
+        assert 0 <= report[f"endpoint/reset_rate/{split}"] <= 1
+
     client, (run_,) = stage_runs(export_root, "evaluate")
+    assert "endpoint_tradeoff.png" in {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert "endpoint/rule.json" in {a.path for a in client.list_artifacts(run_.info.run_id, "endpoint")}
     arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \
         {a.path for a in client.list_artifacts(run_.info.run_id, "results")}
     assert {"roofline.png", "results/layers.json", "results/layers.txt"} <= arts

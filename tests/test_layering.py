@@ -111,6 +111,14 @@ def test_the_lattice_builds_on_the_decoders_alone():
     assert not _violations("edgeasr.lattice", banned)
 
 
+def test_the_end_pointers_build_on_the_decoders_alone():
+    """End-pointing runs on the device beside the lattice: any model with the decoding (and a
+    streaming encoder) interface; no training side, model classes, runtime, data or tracking."""
+    banned = ("edgeasr.compression", "edgeasr.training", "edgeasr.stages", "edgeasr.models", "edgeasr.data",
+              "edgeasr.runtime", "edgeasr.tracking", "edgeasr.lm")
+    assert not _violations("edgeasr.endpoint", banned)
+
+
 def test_the_cloud_lm_imports_no_training_runtime_or_stage_code():
     banned = ("edgeasr.training", "edgeasr.runtime", "edgeasr.stages", "edgeasr.compression", "edgeasr.tracking")
     assert not _violations("edgeasr.lm", banned)

@@ -49,8 +49,9 @@ def write_manifest(manifest, path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: write_manifest writes .jsonl or .jsonl.gz manifests")
 
     def write(raw) -> None:
-        # The same bytes lhotse's to_file writes (its gzip header names the final file, too).
-        f = gzip.GzipFile(filename=name, mode="wb", fileobj=raw) if name.endswith(".gz") else raw
+        # lhotse's to_file layout (the gzip header names the final file), but mtime 0: the same
+        # manifest is the same bytes, so a rerun of prepare leaves DVC's downstream stages up to date.
+        f = gzip.GzipFile(filename=name, mode="wb", fileobj=raw, mtime=0) if name.endswith(".gz") else raw
         for item in manifest.to_dicts():
             f.write((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
         if f is not raw:

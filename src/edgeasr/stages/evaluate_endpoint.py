@@ -45,7 +45,7 @@ from lhotse import CutSet
 from omegaconf import DictConfig
 
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
-from edgeasr.endpoint import EndOfQuery, EndpointRule, Events, StreamTrace, simulate, stream_decisions
+from edgeasr.endpoint import EndOfQuery, EndpointConfig, EndpointRule, Events, StreamTrace, simulate, stream_decisions
 from edgeasr.lattice import build_lattice, score_nbest, serialize
 from edgeasr.metrics import WerAccumulator
 from edgeasr.runtime import tokens_to_text
@@ -275,8 +275,8 @@ def endpoint_metrics(rt, ec: DictConfig, lattice_cfg: DictConfig, prep_dir: Path
                                           "missed_rate", "latency_p50_ms", "latency_p90_ms"])
         w.writeheader()
         w.writerows({"split": s, **r} for s, rs in rows.items() for r in rs)
-    (out / "rule.json").write_text(json.dumps({"final": asdict(final), "speculative": asdict(spec),
-                                               "tune_split": splits[0], "chunk_ms": float(ec.chunk_ms)}, indent=1) + "\n")
+    EndpointConfig(final, spec, float(ec.chunk_ms), int(ec.beam), float(ec.vad_margin_db), float(ec.support_s),
+                   float(ec.beam_temperature)).save(out / "rule.json", tune_split=splits[0])
     fig = tradeoff_figure(rows, final)
     fig.savefig(out / "tradeoff.png", dpi=120)
     tracker.log_figure(fig, "endpoint_tradeoff.png")
