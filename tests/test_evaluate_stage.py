@@ -165,3 +165,20 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     assert f"get-artifact?path=pipeline.png&run_uuid={parent_id}" in client.get_run(parent_id).data.tags[
         "mlflow.note.content"]
     assert run_.data.metrics["hw/compute_bound/speedup_sparse_vs_dense"] >= 1.8
+
+
+def test_end_pointing_streams_do_not_depend_on_the_number_of_workers(export_root):
+    from edgeasr.data.features import KaldiFbankConfig
+    from edgeasr.runtime import load_student
+    from edgeasr.stages.evaluate_endpoint import stream_splits
+
+    cfg = compose(["experiment=tiny"])
+    path = export_root / "data/export/student.edgeasr"
+    manifests = {s: export_root / f"data/prepare/endpoint/cuts_{s}.jsonl.gz" for s in cfg.evaluate.endpoint.splits}
+    ec = dict(cfg.evaluate.endpoint)
+    args = (manifests, ec, export_root / "data/prepare/endpoint/end_of_query.json", KaldiFbankConfig(), 1.0)
+    one = stream_splits(load_student(path), path, *args, workers=1)
+    two = stream_splits(load_student(path), path, *args, workers=2)
+    assert {s: [(x.id, x.trace.points) for x in v] for s, v in one.items()} == \
+        {s: [(x.id, x.trace.points) for x in v] for s, v in two.items()}
+    assert all(len(v) == len(CutSet.from_file(manifests[s])) > 0 for s, v in one.items())

@@ -261,7 +261,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 tracker.log_artifact(results / "rescore", "rescore")
         metrics.update(runtime_wer(rt, dm, section, results, one_best if same_search(section) else {}))
         if section.endpoint.enabled:  # the dual end-pointers on the end-pointing splits
-            metrics.update(endpoint_metrics(rt, section.endpoint, lc, stage.data_dir / "prepare",
+            metrics.update(endpoint_metrics(rt, student.path, section.endpoint, lc, stage.data_dir / "prepare",
                                             KaldiFbankConfig.from_cfg(cfg.prepare.features), results, tracker))
             if (results / "endpoint").is_dir():
                 tracker.log_artifact(results / "endpoint", "endpoint")

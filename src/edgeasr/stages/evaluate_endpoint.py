@@ -39,16 +39,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import torch
 from lhotse import CutSet
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
 from edgeasr.endpoint import EndOfQuery, EndpointConfig, EndpointRule, Events, StreamTrace, simulate, stream_decisions
 from edgeasr.lattice import build_lattice, score_nbest, serialize
 from edgeasr.metrics import WerAccumulator
-from edgeasr.runtime import tokens_to_text
+from edgeasr.runtime import load_student, tokens_to_text
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +89,47 @@ def padded_features(cut, fbank: KaldiFbank, tail_s: float, max_wait_s: float) ->
     return torch.from_numpy(fbank.extract(np.concatenate([audio, extra]), sr))
 
 
-def stream_split(rt, cuts: CutSet, ec: DictConfig, eoq: EndOfQuery, fbank: KaldiFbank, stop_s: float) -> list[Stream]:
-    chunk = max(1, int(round(float(ec.chunk_ms) / fbank.config.frame_shift_ms)))
+def stream_split(rt, cuts, ec: dict, eoq: EndOfQuery, fbank: KaldiFbank, stop_s: float) -> list[Stream]:
+    """Every cut streamed (:func:`edgeasr.endpoint.stream_decisions`), in id order."""
+    chunk = max(1, int(round(float(ec["chunk_ms"]) / fbank.config.frame_shift_ms)))
     shift, window = fbank.config.frame_shift_ms / 1000, fbank.config.frame_length_ms / 1000
     to_words = lambda ids: tokens_to_text(rt.tokens, ids, rt.blank_id).split()  # noqa: E731
     out = []
     for cut in sorted(cuts, key=lambda c: c.id):
-        feats = padded_features(cut, fbank, float(ec.tail_s), float(ec.max_wait_s))
-        trace = stream_decisions(rt, feats, chunk, int(ec.beam), eoq, to_words, shift, window, stop_s,
-                                 float(ec.vad_margin_db), float(ec.support_s), float(ec.beam_temperature),
+        feats = padded_features(cut, fbank, float(ec["tail_s"]), float(ec["max_wait_s"]))
+        trace = stream_decisions(rt, feats, chunk, int(ec["beam"]), eoq, to_words, shift, window, stop_s,
+                                 float(ec["vad_margin_db"]), float(ec["support_s"]), float(ec["beam_temperature"]),
                                  encode_once=True)
         out.append(Stream(cut.id, cut.supervisions[0].text or "", speech_end(cut), trace))
+    return out
+
+
+def _stream_shard(model_path: str, manifest: str, ids: list[str], ec: dict, fbank_cfg: KaldiFbankConfig,
+                  eoq_path: str, stop_s: float) -> list[Stream]:
+    """A worker process: its own runtime from the exported file, one thread, the cuts ``ids``."""
+    torch.set_num_threads(1)
+    keep = set(ids)
+    cuts = [c for c in CutSet.from_file(manifest) if c.id in keep]
+    return stream_split(load_student(model_path), cuts, ec, EndOfQuery.load(eoq_path), KaldiFbank(fbank_cfg), stop_s)
+
+
+def stream_splits(rt, model_path: Path, manifests: dict[str, Path], ec: dict, eoq_path: Path,
+                  fbank_cfg: KaldiFbankConfig, stop_s: float, workers: int) -> dict[str, list[Stream]]:
+    """Each split's streams; ``workers`` > 1: fixed shards (cut i of the id order to shard i % workers)
+    in spawned processes, each with one thread. Every utterance is decoded on its own, so the result
+    does not depend on ``workers`` (tested)."""
+    out: dict[str, list[Stream]] = {}
+    if workers <= 1:
+        eoq, fbank = EndOfQuery.load(eoq_path), KaldiFbank(fbank_cfg)
+        return {s: stream_split(rt, CutSet.from_file(m), ec, eoq, fbank, stop_s) for s, m in manifests.items()}
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for split, manifest in manifests.items():
+            ids = sorted(CutSet.from_file(manifest).ids)
+            futures[split] = [pool.submit(_stream_shard, str(model_path), str(manifest), ids[k::workers], ec, fbank_cfg,
+                                          str(eoq_path), stop_s) for k in range(workers)]
+        for split, fs in futures.items():
+            out[split] = sorted((s for f in fs for s in f.result()), key=lambda s: s.id)
     return out
 
 
@@ -238,8 +271,8 @@ def tradeoff_figure(rows: dict[str, list[dict]], chosen: EndpointRule):
     return fig
 
 
-def endpoint_metrics(rt, ec: DictConfig, lattice_cfg: DictConfig, prep_dir: Path, fbank_cfg: KaldiFbankConfig,
-                     results: Path, tracker) -> dict[str, float]:
+def endpoint_metrics(rt, model_path: Path, ec: DictConfig, lattice_cfg: DictConfig, prep_dir: Path,
+                     fbank_cfg: KaldiFbankConfig, results: Path, tracker) -> dict[str, float]:
     """Everything of the module docstring; ``{}`` when the prepare stage wrote no end-pointing splits
     (corpora other than the embedded one)."""
     edir = prep_dir / "endpoint"
@@ -251,12 +284,13 @@ def endpoint_metrics(rt, ec: DictConfig, lattice_cfg: DictConfig, prep_dir: Path
     t0 = time.perf_counter()
     eoq_path = edir / "end_of_query.json"
     eoq = EndOfQuery.load(eoq_path)
-    fbank = KaldiFbank(fbank_cfg)
     rules = grid_rules(ec.tune)
     stop_s = max(r.incomplete_s for r in rules) + 0.01
     threads = torch.get_num_threads()
     try:
-        streams = {s: stream_split(rt, c, ec, eoq, fbank, stop_s) for s, c in cuts.items() if c is not None}
+        manifests = {s: edir / f"cuts_{s}.jsonl.gz" for s, c in cuts.items() if c is not None}
+        streams = stream_splits(rt, model_path, manifests, OmegaConf.to_container(ec, resolve=True), eoq_path, fbank_cfg,
+                                stop_s, int(ec.workers))
     finally:
         torch.set_num_threads(threads)  # the extractor pins one thread
     final, tune_rows = tune_rule(streams[splits[0]], rules, float(ec.tune.max_early_cut))
