@@ -155,7 +155,8 @@ def test_stream_decisions_encoding_once_equals_streaming_chunk_by_chunk(runtime,
 
 
 def test_pause_split_records_where_the_speech_ends():
-    from edgeasr.data.synthetic.corpus import iter_split_specs, render_marked
+    from edgeasr.data.synthetic.corpus import iter_split_specs
+    from edgeasr.data.synthetic.render import render_marked
 
     cfg = {"pauses": {"trail_s": [0.5, 2.0], "hesitation_prob": 0.5, "hesitation_s": [0.3, 0.9]},
            "voices": {"accents": ["en-us"]}, "inventory": {"contacts": 20, "appliances": 8, "songs": 10, "artists": 8,
