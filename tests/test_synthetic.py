@@ -36,7 +36,8 @@ def default_cfg() -> dict:
 def tiny_cfg(**hours) -> dict:
     cfg = default_cfg()
     sizes = dict(
-        train=0.02, unlabeled=0.005, dev=0.005, test=0.01, test_noisy=0.005, test_rare=0.01
+        train=0.02, unlabeled=0.005, dev=0.005, test=0.01, test_noisy=0.005, test_rare=0.01, dev_pause=0.005,
+        test_pause=0.01,
     )
     sizes.update(hours)
     cfg["splits"] = {k: {"hours": v} for k, v in sizes.items()}
@@ -80,6 +81,10 @@ def test_corpus_structure(corpus):
             assert sup.language == "English" and sup.speaker == sup.custom["voice"]
             assert set(sup.custom) >= {"family", "voice", "rate", "pitch"}
             assert 130 <= sup.custom["rate"] <= 230 and 25 <= sup.custom["pitch"] <= 80
+            if split.endswith("_pause"):  # where the speech ends (and pauses), inside the recording
+                assert 0.3 < sup.custom["speech_end"] <= rec.duration - 0.5 + 0.01
+                lo, hi = sup.custom.get("hesitation", (0.1, 0.1))
+                assert 0 < lo <= hi < sup.custom["speech_end"]
         # nothing but this run's audio in the split directory
         assert {p.stem for p in (out / split).glob("*.flac")} == {r.id for r in recs}
 
@@ -101,9 +106,9 @@ def test_audio_is_16k_mono_and_not_silent(corpus):
 def test_deterministic_and_independent_of_num_jobs(corpus, tmp_path):
     out, result = corpus
     cfg = tiny_cfg()
-    cfg["splits"] = {k: cfg["splits"][k] for k in ("train", "test_rare")}
+    cfg["splits"] = {k: cfg["splits"][k] for k in ("train", "test_rare", "test_pause")}
     again = synthesize_corpus(cfg, SEED, tmp_path, num_jobs=1, progress=False)
-    assert list(again) == ["train", "test_rare"]
+    assert list(again) == ["train", "test_rare", "test_pause"]
     for split in again:
         sups_a, sups_b = list(result[split][1]), list(again[split][1])
         assert [s.text for s in sups_a] == [s.text for s in sups_b]
