@@ -44,6 +44,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 from lhotse import CutSet
 from omegaconf import DictConfig, OmegaConf
 
@@ -247,15 +248,13 @@ def split_metrics(rt, split: str, streams: list[Stream], final: EndpointRule, sp
     return m
 
 
-def tradeoff_figure(rows: dict[str, list[dict]], chosen: EndpointRule):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def tradeoff_figure(rows: dict[str, list[dict]], chosen: EndpointRule) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
     for split, rs in rows.items():
         pts = [(100 * r["early_cut_rate"], r["latency_p50_ms"]) for r in rs if "latency_p50_ms" in r]
+        if not pts:  # no rule ever decided before half the requests ended (e.g. an untrained model)
+            continue
         ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{split}: every rule")
         c = next(r for r in rs if (r["complete_s"], r["incomplete_s"], r["threshold"]) ==
                  (chosen.complete_s, chosen.incomplete_s, chosen.threshold))
@@ -266,7 +265,8 @@ def tradeoff_figure(rows: dict[str, list[dict]], chosen: EndpointRule):
     ax.set_ylabel("final end-pointer latency p50 (ms after end of speech)")
     ax.set_title("end-pointing trade-off over thresholds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.has_data():
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
