@@ -22,7 +22,7 @@ from edgeasr.compression.actquant import float_view, is_quantized
 from edgeasr.data.features import KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
 from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
-from edgeasr.endpoint import EndOfQuery, EndpointConfig, event_lines, simulate, stream_decisions
+from edgeasr.endpoint import EncoderStream, EndOfQuery, EndpointConfig, event_lines, simulate, stream_decisions
 from edgeasr.export import MAGIC, ExportFormatError
 from edgeasr.export.reader import _what_is
 from edgeasr.models.io import load_model
@@ -109,20 +109,12 @@ class Recognizer:
 
     def _stream(self, feats, chunk_frames: int) -> list[int]:
         self.check_streaming()
-        hyps, dec = [[]], None
-        if self.kind == "exported" or self._stream_rt is not None:
-            rt = self.model if self.kind == "exported" else self._stream_rt
-            state = rt.encoder.init_state()
-            for i in range(0, feats.size(0), chunk_frames):
-                out, state = rt.encoder.infer(rt.encoder.quantize_input(feats[i: i + chunk_frames]), state)
-                hyps, dec = greedy_search_streaming(rt, out.unsqueeze(0), torch.tensor([out.size(0)]), dec,
-                                                    max_sym_per_frame=self.max_sym_per_frame)
-            return list(hyps[0])
-        model, state = self.model, None
+        model = self.model if self.kind == "exported" else (self._stream_rt or self.model)
+        enc, hyps, dec = EncoderStream(model), [[]], None
         for i in range(0, feats.size(0), chunk_frames):
-            x = feats[i: i + chunk_frames].unsqueeze(0)
-            out, out_lens, state = model.encoder.infer(x, torch.tensor([x.size(1)]), state)
-            hyps, dec = greedy_search_streaming(model, out, out_lens, dec, max_sym_per_frame=self.max_sym_per_frame)
+            out = enc.push(feats[i: i + chunk_frames])
+            hyps, dec = greedy_search_streaming(model, out, torch.tensor([out.size(1)]), dec,
+                                                max_sym_per_frame=self.max_sym_per_frame)
         return list(hyps[0])
 
     def endpoint_events(self, feats, cfg: EndpointConfig, eoq: EndOfQuery, chunk_frames: int,

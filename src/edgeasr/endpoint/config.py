@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .eoq import read_json
 from .rules import EndpointRule
 
 
@@ -35,13 +36,8 @@ class EndpointConfig:
     @classmethod
     def load(cls, path: str | Path) -> EndpointConfig:
         path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise EndpointConfigError(f"{path}: end-pointing configuration not found; the evaluate stage writes "
-                                      "data/evaluate/results/endpoint/rule.json (dvc repro evaluate)") from e
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise EndpointConfigError(f"{path}: not a readable end-pointing configuration ({type(e).__name__}: {e})") from e
+        doc = read_json(path, EndpointConfigError, "end-pointing configuration",
+                        "the evaluate stage writes data/evaluate/results/endpoint/rule.json (dvc repro evaluate)")
         if not isinstance(doc, dict):
             raise EndpointConfigError(f"{path}: expected a JSON object with 'final' and 'speculative' rules")
         rules = {}

@@ -24,6 +24,16 @@ VERSION = 1
 BOS = "<s>"
 
 
+def read_json(path: Path, error: type[ValueError], what: str, hint: str):
+    """``path``'s JSON; a missing or unreadable file is ``error`` naming it (``hint``: who writes it)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise error(f"{path}: {what} not found; {hint}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+
+
 class EndOfQueryError(ValueError):
     """An end-of-query file that cannot be used; the message names the file and what is wrong."""
 
@@ -74,13 +84,8 @@ class EndOfQuery:
     @classmethod
     def load(cls, path: str | Path) -> EndOfQuery:
         path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise EndOfQueryError(f"{path}: end-of-query table not found; the prepare stage writes "
-                                  "data/prepare/endpoint/end_of_query.json (dvc repro prepare)") from e
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise EndOfQueryError(f"{path}: not a readable end-of-query table ({type(e).__name__}: {e})") from e
+        doc = read_json(path, EndOfQueryError, "end-of-query table",
+                        "the prepare stage writes data/prepare/endpoint/end_of_query.json (dvc repro prepare)")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise EndOfQueryError(f"{path}: not an end-of-query table (expected a JSON object with format {FORMAT!r})")
         if doc.get("version") != VERSION:

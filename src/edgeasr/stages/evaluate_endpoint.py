@@ -67,11 +67,6 @@ class Stream:
     trace: StreamTrace
 
 
-def pause_cuts(endpoint_dir: Path, split: str) -> CutSet | None:
-    path = endpoint_dir / f"cuts_{split}.jsonl.gz"
-    return CutSet.from_file(path) if path.is_file() else None
-
-
 def speech_end(cut) -> float:
     sup = cut.supervisions[0]
     end = (sup.custom or {}).get("speech_end")
@@ -187,13 +182,12 @@ def tune_rule(streams: list[Stream], rules: list[EndpointRule], max_early: float
     return rules[best], [{**asdict(r), **f} for r, f in zip(rules, figures)]
 
 
-def tune_speculative(streams: list[Stream], rules: list[EndpointRule], target_p50_ms: float) -> EndpointRule:
-    """The rule whose median latency on ``streams`` is closest to ``target_p50_ms`` (the final's
-    less the lead), then the fewest early cuts (each one a reset), then the lowest p90."""
-    def key(r):
-        f = latency_figures(streams, [outcome(s, r, None).final_s for s in streams])
-        return (abs(f.get("latency_p50_ms", math.inf) - target_p50_ms), f["early_cut_rate"], f.get("latency_p90_ms", math.inf))
-    return min(rules, key=key)
+def tune_speculative(rows: list[dict], target_p50_ms: float) -> EndpointRule:
+    """From :func:`tune_rule`'s rows: the rule whose median latency is closest to ``target_p50_ms``
+    (the final's less the lead), then the fewest early cuts (each one a reset), then the lowest p90."""
+    row = min(rows, key=lambda f: (abs(f.get("latency_p50_ms", math.inf) - target_p50_ms), f["early_cut_rate"],
+                                   f.get("latency_p90_ms", math.inf)))
+    return EndpointRule(row["complete_s"], row["incomplete_s"], row["threshold"])
 
 
 def event_lattice(rt, beam, n: int, step_log2: int):
@@ -277,8 +271,8 @@ def endpoint_metrics(rt, model_path: Path, ec: DictConfig, lattice_cfg: DictConf
     (corpora other than the embedded one)."""
     edir = prep_dir / "endpoint"
     splits = [str(ec.tune_split)] + [str(s) for s in ec.splits if str(s) != str(ec.tune_split)]
-    cuts = {s: pause_cuts(edir, s) for s in splits}
-    if cuts[splits[0]] is None:
+    manifests = {s: edir / f"cuts_{s}.jsonl.gz" for s in splits if (edir / f"cuts_{s}.jsonl.gz").is_file()}
+    if splits[0] not in manifests:
         log.info("endpoint: %s not found: no end-pointing figures (the embedded corpus has them)", edir / f"cuts_{splits[0]}.jsonl.gz")
         return {}
     t0 = time.perf_counter()
@@ -288,7 +282,6 @@ def endpoint_metrics(rt, model_path: Path, ec: DictConfig, lattice_cfg: DictConf
     stop_s = max(r.incomplete_s for r in rules) + 0.01
     threads = torch.get_num_threads()
     try:
-        manifests = {s: edir / f"cuts_{s}.jsonl.gz" for s, c in cuts.items() if c is not None}
         streams = stream_splits(rt, model_path, manifests, OmegaConf.to_container(ec, resolve=True), eoq_path, fbank_cfg,
                                 stop_s, int(ec.workers))
     finally:
@@ -296,7 +289,7 @@ def endpoint_metrics(rt, model_path: Path, ec: DictConfig, lattice_cfg: DictConf
     final, tune_rows = tune_rule(streams[splits[0]], rules, float(ec.tune.max_early_cut))
     final_p50 = next(r for r in tune_rows if (r["complete_s"], r["incomplete_s"], r["threshold"]) ==
                      (final.complete_s, final.incomplete_s, final.threshold)).get("latency_p50_ms", math.inf)
-    spec = tune_speculative(streams[splits[0]], rules, final_p50 - 1000 * float(ec.speculative_lead_s))
+    spec = tune_speculative(tune_rows, final_p50 - 1000 * float(ec.speculative_lead_s))
     out = results / "endpoint"
     out.mkdir(parents=True, exist_ok=True)
     rows = {splits[0]: tune_rows}
