@@ -22,7 +22,7 @@ from edgeasr.data.synthetic import (
 )
 from edgeasr.data.synthetic.corpus import SPLITS, common_generator
 from edgeasr.data.synthetic.templates import load_templates, parse_templates
-from edgeasr.data.synthetic.text import RARE_DIMMABLE_TEMPLATES, RARE_TEMPLATES, TEMPLATES, _fill
+from edgeasr.data.synthetic.text import RARE_DIMMABLE_TEMPLATES, RARE_TEMPLATES, TEMPLATES, RareRequestGenerator, _fill
 from edgeasr.data.word_classes import check_word_classes, fill_segments, normalize_segments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def tiny_cfg(**hours) -> dict:
     cfg = default_cfg()
     sizes = dict(
         train=0.02, unlabeled=0.005, dev=0.005, test=0.01, test_noisy=0.005, test_rare=0.01, dev_pause=0.005,
-        test_pause=0.01,
+        test_pause=0.01, dev_rare=0.005,
     )
     sizes.update(hours)
     cfg["splits"] = {k: {"hours": v} for k, v in sizes.items()}
@@ -149,7 +149,8 @@ def test_no_test_voice_in_train(corpus):
     speakers = {split: {s.speaker for s in sups} for split, (_, sups) in result.items()}
     for held_out in ("test", "test_noisy", "test_rare"):
         assert not speakers[held_out] & (speakers["train"] | speakers["unlabeled"])
-    assert not speakers["dev"] & (speakers["train"] | speakers["test"])
+    for dev in ("dev", "dev_rare"):
+        assert not speakers[dev] & (speakers["train"] | speakers["test"])
     pools = split_voices(default_cfg(), SEED)
     assert not set(pools["test"]) & set(pools["train"])
     assert not set(pools["dev"]) & (set(pools["train"]) | set(pools["test"]))
@@ -181,7 +182,7 @@ def test_test_rare_context_lists(corpus):
     cfg = default_cfg()
     train_vocab = {w for s in result["train"][1] for w in s.text.split()}
     common_vocab = common_generator(cfg, SEED).vocabulary()
-    for sup in result["test_rare"][1]:
+    for sup in list(result["test_rare"][1]) + list(result["dev_rare"][1]):
         ctx, entity = sup.custom["context"], sup.custom["entity"]
         assert len(ctx) == cfg["context_size"] == len(set(ctx))
         assert entity in ctx and f" {entity} " in f" {sup.text} "
@@ -190,6 +191,27 @@ def test_test_rare_context_lists(corpus):
         assert rare_words and not rare_words & train_vocab
     for split in ("train", "test"):
         assert all("context" not in s.custom for s in result[split][1])
+
+
+def test_long_tail_names_only_in_training_splits_and_never_a_rare_word():
+    """Train contacts are partly long-tail names, each word outside the inventory and outside
+    test_rare's pools; the test splits draw exactly what they drew without the long tail."""
+    cfg = default_cfg()
+    gen, voices = common_generator(cfg, SEED), split_voices(cfg, SEED)
+    vocab = gen.vocabulary()
+    rare = RareRequestGenerator(gen)
+    rare_words = set(rare._firsts) | set(rare._lasts) | {w for q in rare._qualifiers for w in q.split()}
+    train = [s.text for s in itertools.islice(iter_split_specs(cfg, SEED, "train", voices, gen), 1500)]
+    tail = {w for t in train for w in t.split()} - vocab
+    assert len(tail) > 50 and not tail & rare_words
+    off = dict(cfg, long_tail={"splits": [], "contact_prob": 0.4})
+    plain = [s.text for s in itertools.islice(iter_split_specs(off, SEED, "train", voices, gen), 1500)]
+    assert not {w for t in plain for w in t.split()} - vocab
+    for split in ("test", "test_rare", "dev_rare"):
+        a = list(itertools.islice(iter_split_specs(cfg, SEED, split, voices, gen), 100))
+        assert a == list(itertools.islice(iter_split_specs(off, SEED, split, voices, gen), 100))
+    with pytest.raises(ValueError, match="contact_prob 1.5"):
+        next(iter_split_specs(dict(cfg, long_tail={"splits": ["train"], "contact_prob": 1.5}), SEED, "train", voices, gen))
 
 
 def test_tts_synthesize():

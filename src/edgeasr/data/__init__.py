@@ -10,3 +10,7 @@ ALL_SPLITS = ("train", "unlabeled") + EVAL_SPLITS
 #: the true end of speech per utterance (supervision custom ``speech_end``, ``hesitation``). Written
 #: apart from the manifests training reads (``data/prepare/endpoint/``), without features.
 PAUSE_SPLITS = ("dev_pause", "test_pause")
+#: Contextual-biasing dev split (embedded corpus only): rare-entity requests with context lists like
+#: ``test_rare``, spoken by dev voices, to choose the biasing weights on (``data/prepare/biasing/``,
+#: without features).
+BIASING_SPLITS = ("dev_rare",)

@@ -10,6 +10,7 @@ Outputs (``data/prepare/``, a DVC out):
   endpoint/cuts_<split>.jsonl.gz       the end-pointing splits (dev_pause, test_pause; no features:
                                        evaluate streams their audio), apart from what training reads
   endpoint/end_of_query.json           P(end of request | last words) from the train transcripts
+  biasing/cuts_dev_rare.jsonl.gz       the biasing dev split (rare entities + context lists; no features)
   filtered.jsonl                        every dropped item with its reason
 and ``reports/prepare.json`` with corpus statistics (same keys on the MLflow run).
 """
@@ -30,7 +31,7 @@ from lhotse import CutSet, LilcomChunkyWriter, SupervisionSet
 from lhotse.qa import validate
 from omegaconf import DictConfig
 
-from edgeasr.data import ALL_SPLITS, EVAL_SPLITS, PAUSE_SPLITS, sources
+from edgeasr.data import ALL_SPLITS, BIASING_SPLITS, EVAL_SPLITS, PAUSE_SPLITS, sources
 from edgeasr.data.augment import augment, corrupt
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
 from edgeasr.data.disk import disk_full_as_error, write_manifest
@@ -132,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         t = time.perf_counter()
         f = p.filters
         cuts: dict[str, CutSet] = {}
-        for split in ALL_SPLITS + PAUSE_SPLITS:
+        for split in ALL_SPLITS + PAUSE_SPLITS + BIASING_SPLITS:
             if split not in raw:
                 continue
             recs, sups = raw[split]
@@ -169,6 +170,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 cuts[split] = filter_by_tokens(split, cuts[split], tok.encode, tok.unk_id, sub, frame_shift, flog)
         pauses = {split: cuts.pop(split) for split in PAUSE_SPLITS if split in cuts}
         write_endpoint_data(out / "endpoint", pauses, cuts["train"], int(p.end_of_query.order))
+        biasing = {split: cuts.pop(split) for split in BIASING_SPLITS if split in cuts}
+        write_side_manifests(out / "biasing", biasing)
         timings["time_s/clean"] = time.perf_counter() - t
 
         # Augmentation: train copies, and the noisy test condition for sources that lack one.
@@ -220,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             write_manifest(cs, out / "manifests" / f"cuts_{split}.jsonl.gz")
         flog.write(out / "filtered.jsonl")
 
-        metrics = corpus_metrics({**cuts, **pauses}, tok, flog)
+        metrics = corpus_metrics({**cuts, **pauses, **biasing}, tok, flog)
         tracker.log_report(metrics)
         timings["time_s/total"] = time.perf_counter() - t0
         tracker.log_metrics(timings)
@@ -233,14 +236,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def write_endpoint_data(out: Path, pauses: Mapping[str, CutSet], train: CutSet, order: int) -> None:
     """The end-pointing splits' manifests (validated, no features) and the end-of-query table of
     the train transcripts, under ``out`` (not a dependency of the training stages)."""
+    write_side_manifests(out, pauses)
+    EndOfQuery.fit((c.supervisions[0].text for c in train), order).save(out / "end_of_query.json")
+
+
+def write_side_manifests(out: Path, cuts: Mapping[str, CutSet]) -> None:
+    """Validated manifests of evaluation-only splits (no features) under ``out``, a directory the
+    training stages do not depend on."""
     out.mkdir()
-    for split, cs in pauses.items():
+    for split, cs in cuts.items():
         validate(cs, read_data=False)
         r, s, _ = cs.decompose()
         write_manifest(r, out / f"recordings_{split}.jsonl.gz")
         write_manifest(s, out / f"supervisions_{split}.jsonl.gz")
         write_manifest(cs, out / f"cuts_{split}.jsonl.gz")
-    EndOfQuery.fit((c.supervisions[0].text for c in train), order).save(out / "end_of_query.json")
 
 
 def corpus_metrics(cuts: Mapping[str, CutSet], tok: Tokenizer, flog: FilterLog) -> dict[str, float]:

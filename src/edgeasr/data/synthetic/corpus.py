@@ -21,13 +21,14 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .. import PAUSE_SPLITS
+from .. import BIASING_SPLITS, PAUSE_SPLITS
 from . import tts
 from .render import render_marked
-from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory
+from .text import Inventory, LongTailGenerator, RareRequestGenerator, RequestGenerator, build_inventory
 from .workers import run_fresh, worker_pool
 
-SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare", "dev_pause", "test_pause")
+SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare", "dev_pause", "test_pause") + BIASING_SPLITS
+RARE_SPLITS = ("test_rare",) + BIASING_SPLITS
 VOICE_POOL = {
     "train": "train",
     "unlabeled": "train",
@@ -37,6 +38,7 @@ VOICE_POOL = {
     "test_rare": "test",
     "dev_pause": "dev",
     "test_pause": "test",
+    "dev_rare": "dev",
 }
 
 SAMPLE_RATE = tts.SAMPLE_RATE
@@ -139,11 +141,13 @@ def iter_split_specs(
     pauses = cfg.get("pauses", {}) if split in PAUSE_SPLITS else None
     trail_lo, trail_hi = (float(v) for v in (pauses or {}).get("trail_s", [0.1, 0.2]))
     gen: RequestGenerator | RareRequestGenerator = common
-    if split == "test_rare":
+    if split in RARE_SPLITS or split in (cfg.get("long_tail") or {}).get("splits", []):
         inv = cfg.get("inventory", {})
-        gen = RareRequestGenerator(
+        rare = RareRequestGenerator(
             common, int(inv.get("rare_contact_min_rank", 20000)), int(cfg.get("context_size", 12))
         )
+        gen = rare if split in RARE_SPLITS else LongTailGenerator(
+            common, rare, float(cfg["long_tail"].get("contact_prob", 0.0)))
     i = 0
     while True:
         req = gen.sample(rng)

@@ -1,0 +1,104 @@
+"""Shallow-fusion context biasing: the automaton's scores, and the beam search that applies them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeasr.decoding import ContextGraph, init_beam_state, modified_beam_search, modified_beam_search_streaming
+from test_decoding import LENS, V, make_model
+
+
+def test_graph_scores_boost_backoff_bonus_and_finalize():
+    g = ContextGraph([[5, 6, 7], [6, 8], [9]], vocab_size=12, boost=1.0, end_bonus=0.5)
+    assert g.phrases == 3 and g.num_states == 7
+
+    def full(seq):
+        total, state = g.score(seq)
+        return total + g.finalize(state)
+
+    assert full([5, 6, 7]) == pytest.approx(3.5)        # 3 tokens + the end bonus
+    assert full([5, 6]) == pytest.approx(0.0)           # incomplete: given back at the end
+    assert g.score([5, 6])[0] == pytest.approx(2.0)     # ... but held while the match may go on
+    assert full([5, 6, 8]) == pytest.approx(2.5)        # "5 6" broken, its suffix "6" goes on to "6 8"
+    assert full([5, 6, 3]) == pytest.approx(0.0)        # broken: the boost is taken back at once
+    assert g.score([5, 6, 3])[0] == pytest.approx(0.0)
+    assert full([1, 5, 6, 7, 2, 9]) == pytest.approx(5.0)   # two phrases, anywhere in the utterance
+    assert full([5, 5, 6, 7]) == pytest.approx(3.5)     # a restart at the second 5
+    assert full([1, 2, 3]) == 0.0
+
+
+def test_graph_rejects_bad_input_and_ignores_empty_phrases():
+    with pytest.raises(ValueError, match="outside the 12-token vocabulary"):
+        ContextGraph([[3, 12]], vocab_size=12)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ContextGraph([[3]], vocab_size=12, boost=-1.0)
+    g = ContextGraph.from_phrases(["", "  ", "a b"], lambda s: [ord(c) % 12 for c in s.replace(" ", "")], 12)
+    assert g.phrases == 1 and g.num_states == 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_model("stateless")
+
+
+def _triples(nbest):
+    return [[(h.tokens, h.log_prob, h.timestamps) for h in n] for n in nbest]
+
+
+def test_no_graph_and_empty_graph_decode_exactly_as_unbiased(tiny):
+    model, _, enc, enc_lens = tiny
+    plain = modified_beam_search(model, enc, enc_lens, beam=4)
+    assert _triples(modified_beam_search(model, enc, enc_lens, beam=4, contexts=[None] * len(LENS))) == _triples(plain)
+    empty = [ContextGraph([], V)] * len(LENS)
+    assert _triples(modified_beam_search(model, enc, enc_lens, beam=4, contexts=empty)) == _triples(plain)
+
+
+def _contains(toks, phrase):
+    return any(toks[i:i + len(phrase)] == phrase for i in range(len(toks)))
+
+
+def test_boost_pulls_a_losing_phrase_into_the_best_hypothesis(tiny):
+    model, _, enc, enc_lens = tiny
+    plain = modified_beam_search(model, enc, enc_lens, beam=4)
+    # A phrase only a losing hypothesis holds: the shortest piece of a runner-up the best lacks.
+    u, phrase = next((u, n[k].tokens[i:i + ln]) for ln in (2, 3, 4) for u, n in enumerate(plain)
+                     for k in range(1, len(n)) for i in range(len(n[k].tokens) - ln + 1)
+                     if not _contains(n[0].tokens, n[k].tokens[i:i + ln]))
+    g = ContextGraph([phrase], V, boost=4.0, end_bonus=2.0)
+    contexts = [g if i == u else None for i in range(len(LENS))]
+    biased = modified_beam_search(model, enc, enc_lens, beam=4, contexts=contexts)
+    assert _contains(biased[u][0].tokens, phrase)
+    # The other utterances decode exactly as without a list.
+    assert all(_triples([biased[i]]) == _triples([plain[i]]) for i in range(len(LENS)) if i != u)
+
+
+def test_biased_score_is_the_unbiased_score_plus_the_phrase_bonus(tiny):
+    """With a beam that prunes nothing, a hypothesis's biased score = its exact score + its bias."""
+    model, _, enc, _ = tiny
+    enc, lens = enc[:1, :3], torch.tensor([3])
+    plain = {tuple(h.tokens): h.log_prob for h in modified_beam_search(model, enc, lens, beam=V ** 3)[0]}
+    g = ContextGraph([[3, 4], [4]], V, boost=0.7, end_bonus=0.3)
+    biased = modified_beam_search(model, enc, lens, beam=V ** 3, contexts=[g])[0]
+    assert len(biased) == len(plain)
+    for h in biased:
+        total, state = g.score(h.tokens)
+        assert h.log_prob == pytest.approx(plain[tuple(h.tokens)] + total + g.finalize(state), abs=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_biased_streaming_equals_offline(tiny, chunk):
+    model, _, enc, enc_lens = tiny
+    best = modified_beam_search(model, enc, enc_lens, beam=4)
+    graphs = [ContextGraph([n[-1].tokens[:3], n[0].tokens[1:3]], V, boost=2.0) for n in best]
+    offline = modified_beam_search(model, enc, enc_lens, beam=4, contexts=graphs)
+    state = init_beam_state(model, len(LENS), contexts=graphs)
+    for s in range(0, enc.size(1), chunk):
+        _, state = modified_beam_search_streaming(model, enc[:, s:s + chunk], (enc_lens - s).clamp(0, chunk), state, 4)
+    assert _triples(state.nbest(final=True)) == _triples(offline)
+
+
+def test_graph_for_another_vocabulary_is_an_error(tiny):
+    model, _, enc, enc_lens = tiny
+    with pytest.raises(ValueError, match="built for 20 tokens; the model has 12"):
+        modified_beam_search(model, enc[:1], enc_lens[:1], beam=2, contexts=[ContextGraph([[1]], 20)])
