@@ -102,3 +102,34 @@ def test_graph_for_another_vocabulary_is_an_error(tiny):
     model, _, enc, enc_lens = tiny
     with pytest.raises(ValueError, match="built for 20 tokens; the model has 12"):
         modified_beam_search(model, enc[:1], enc_lens[:1], beam=2, contexts=[ContextGraph([[1]], 20)])
+
+
+# --------------------------------------------------------------------------- the evaluation's lists
+
+
+def _cut(cid: str, text: str, classes: str | None = None, entity: str | None = None, context=None):
+    from lhotse import MonoCut, SupervisionSegment
+
+    custom = {k: v for k, v in (("word_classes", classes), ("entity", entity), ("context", context)) if v is not None}
+    return MonoCut(cid, 0.0, 1.0, 0, supervisions=[SupervisionSegment(cid, cid, 0.0, 1.0, text=text, custom=custom)])
+
+
+def test_entities_lists_and_biased_word_classes():
+    from edgeasr.stages.evaluate_biasing import Encoded, biased_classes, context_lists, entities
+
+    a = _cut("a", "call zelda abernathy now", entity="zelda abernathy", context=["zelda abernathy", "ann lee", "x y"])
+    b = _cut("b", "play jazz by miles davis in the kitchen", "cscssccc")
+    assert entities(a) == ["zelda abernathy"] and entities(b) == ["jazz", "miles davis"]
+    assert biased_classes("call zelda abernathy now", ["zelda abernathy"]) == "cssc"
+    enc = Encoded({"a": a.supervisions[0].text, "b": b.supervisions[0].text}, {"a": entities(a), "b": entities(b)},
+                  ["zelda abernathy", "ann lee", "x y", "now"], [])
+    for n in (0, 2, 100):
+        lists = context_lists(enc, n, seed=7, split="t")
+        assert lists == context_lists(enc, n, seed=7, split="t")      # deterministic from the seed
+        for cid, ents in enc.entities.items():
+            extra = set(lists[cid]) - set(ents)
+            assert set(ents) <= set(lists[cid]) and len(extra) == min(n, 4)   # 4 candidates each
+        assert "now" not in lists["a"]                                   # never a phrase of the reference
+    assert "now" in context_lists(enc, 100, seed=7, split="t")["b"]
+    draws = {tuple(context_lists(enc, 1, seed=s, split="t")["a"]) for s in range(20)}
+    assert len(draws) > 1                                                # the seed picks the distractors

@@ -513,3 +513,78 @@ def test_score_refuses_a_manifest_that_would_run_a_command_or_fetch(assets, caps
     code, _, err = run_main(capsys, "score", assets["exported"], tmp_path / "cuts_pipe.jsonl.gz", "--out", tmp_path)
     assert not feat_marker.exists(), "the feature storage's shell command ran"
     assert code == 2 and "'good0'" in err and "numpy_files" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- context biasing
+
+
+def test_transcribe_context_pulls_the_phrase_in_and_needs_beam(assets, capsys, tmp_path):
+    f = assets["files"]
+    ctx = tmp_path / "contacts.txt"
+    ctx.write_text("# my contacts\nKitchen  Lights\n\n", encoding="utf-8")
+    for model in (assets["exported"], assets["compressed"]):
+        extra = ("--tokenizer", assets["tok"])  # the exported file spells phrases with it
+        code, plain, err = run_main(capsys, "transcribe", model, f["good0"], "--method", "beam", *extra)
+        assert code == 0, err
+        code, biased, err = run_main(capsys, "transcribe", model, f["good0"], "--method", "beam", "--context", ctx,
+                                     "--context-boost", "20", *extra)
+        assert code == 0, err
+        assert "kitchen lights" in lines(biased)[str(f["good0"])]   # lower-cased, spaces collapsed
+        assert "kitchen lights" not in lines(plain)[str(f["good0"])]
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], "--context", ctx)
+    assert code == 2 and "--method beam" in err
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], "--method", "beam", "--streaming",
+                            "--context", ctx)
+    assert code == 2 and "--streaming" in err
+
+
+def test_context_file_and_tokenizer_problems_exit_2(assets, capsys, tmp_path):
+    f = assets["files"]
+    beam = ("--method", "beam")
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", tmp_path / "no.txt")
+    assert code == 2 and "no.txt: context list not found" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n", encoding="utf-8")
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", empty)
+    assert code == 2 and "holds no phrase" in err
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", binary)
+    assert code == 2 and "not a readable UTF-8 context list" in err
+    # an exported file spells phrases with the tokenizer it was trained with, and checks it is that one
+    from edgeasr.data.tokenizer import train_tokenizer
+    other = train_tokenizer(["a completely different text corpus"] * 20, tmp_path / "other", vocab_size=30)
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("kitchen lights\n", encoding="utf-8")
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", ctx,
+                            "--tokenizer", other)
+    assert code == 2 and "not" in err and "tokens" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli.main(["transcribe", str(assets["exported"]), str(f["good0"]), "--context-end-bonus", "-1"])
+    # a phrase the tokenizer can only spell with <unk> is dropped, named
+    ctx.write_text("kitchen lights\nzürich ß\n", encoding="utf-8")
+    code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", ctx,
+                            "--tokenizer", assets["tok"])
+    assert code == 0 and "1 phrase(s) the model cannot spell dropped" in err and "zürich" in err
+
+
+def test_score_utterance_context_uses_each_cuts_own_list(assets, capsys, tmp_path):
+    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    keys = ("good0", "good1", "good2")
+    recs = [Recording.from_file(assets["files"][k], recording_id=k) for k in keys]
+    lists = [["kitchen lights"], None, "play music"]   # the last is not a list: reported, skipped
+    sups = [SupervisionSegment(id=k, recording_id=k, start=0, duration=r.duration, channel=0, text=TEXTS[i],
+                               custom=None if lists[i] is None else {"context": lists[i]})
+            for i, (k, r) in enumerate(zip(keys, recs))]
+    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups))
+    cuts.trim_to_supervisions(keep_overlapping=False).to_file(tmp_path / "cuts_ctx.jsonl.gz")
+    args = ("score", assets["exported"], tmp_path / "cuts_ctx.jsonl.gz", "--out", tmp_path, "--method", "beam",
+            "--tokenizer", assets["tok"])
+    code, out, err = run_main(capsys, *args, "--utterance-context", "--context-boost", "20")
+    assert code == 1 and "good2: its supervision custom 'context' must be a list of phrases" in err
+    assert "good1: no context list in the set; decoded without biasing" in err and "2 utts" in out
+    recogs = (tmp_path / "recogs-ctx.txt").read_text()
+    assert "'kitchen', 'lights" in recogs.split("good0:\thyp=")[1].splitlines()[0]
+    code, _, err = run_main(capsys, *args, "--utterance-context", "--context", tmp_path / "x.txt")
+    assert code == 2 and "exclude each other" in err

@@ -151,9 +151,27 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
             assert report[f"endpoint/wer/{k}/{split}"] >= 0
         assert 0 <= report[f"endpoint/reset_rate/{split}"] <= 1
 
+    # shallow-fusion biasing (untrained student: consistency only; the default run measures the effect)
+    b = cfg.evaluate.biasing
+    tune = (results / "biasing/tune.csv").read_text().splitlines()
+    assert len(tune) == 2 + len(b.tune.boosts) * len(b.tune.end_bonuses)
+    assert report["biasing/boost"] in b.tune.boosts and report["biasing/end_bonus"] in b.tune.end_bonuses
+    for split in b.splits:
+        assert report[f"biasing/{split}/none/wer"] == pytest.approx(report[f"wer/{split}"], abs=1e-4)  # same search
+        for k in ("wer", "b_wer", "u_wer", "recall"):  # an empty list decodes exactly as no list
+            assert report[f"biasing/{split}/empty/{k}"] == report[f"biasing/{split}/none/{k}"]
+        rows = [json.loads(line) for line in (results / f"biasing/lists-{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == len(CutSet.from_file(export_root / f"data/prepare/manifests/cuts_{split}.jsonl.gz")) > 0
+        for r in rows:
+            for n in b.distractors:
+                assert set(r["entities"]) <= set(r[f"sf{n}"]) and len(r[f"sf{n}"]) <= len(r["entities"]) + n
+        assert report[f"biasing/{split}/sf{max(b.distractors)}/graph_states"] > report[f"biasing/{split}/sf0/graph_states"]
+    assert 0 <= report[f"biasing/pytorch/identical/{b.splits[0]}/none"] <= 1
+
     client, (run_,) = stage_runs(export_root, "evaluate")
     assert "endpoint_tradeoff.png" in {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert "endpoint/rule.json" in {a.path for a in client.list_artifacts(run_.info.run_id, "endpoint")}
+    assert "biasing/summary.csv" in {a.path for a in client.list_artifacts(run_.info.run_id, "biasing")}
     arts = {a.path for a in client.list_artifacts(run_.info.run_id)} | \
         {a.path for a in client.list_artifacts(run_.info.run_id, "results")}
     assert {"roofline.png", "results/layers.json", "results/layers.txt"} <= arts

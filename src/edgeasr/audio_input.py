@@ -115,6 +115,7 @@ class Utterance:
     id: str
     ref: str
     features: Callable[[Notes], Any]  # -> (T, F) tensor, or raises AudioError
+    context: Any = None  # a manifest's supervision custom "context" (the user's list), unchecked
 
 
 def _normalize(text: str | None) -> str:
@@ -153,7 +154,8 @@ def _read_cuts(path: Path, note: Notes, allow_source_types=SAFE_SOURCE_TYPES) ->
         if not text:
             note("unlabeled", f"{cut.id}: no transcript, skipped")
             continue
-        utts.append(Utterance(cut.id, _normalize(text), lambda n, c=cut: _cut_features(c, n)))
+        custom = cut.supervisions[0].custom or {}
+        utts.append(Utterance(cut.id, _normalize(text), lambda n, c=cut: _cut_features(c, n), custom.get("context")))
     return utts
 
 

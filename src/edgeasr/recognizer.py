@@ -21,7 +21,7 @@ from edgeasr.compression import restore_fake_quant
 from edgeasr.compression.actquant import float_view, is_quantized
 from edgeasr.data.features import KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
-from edgeasr.decoding import greedy_search, greedy_search_streaming, modified_beam_search
+from edgeasr.decoding import ContextGraph, greedy_search, greedy_search_streaming, modified_beam_search
 from edgeasr.endpoint import EncoderStream, EndOfQuery, EndpointConfig, event_lines, simulate, stream_decisions
 from edgeasr.export import MAGIC, ExportFormatError
 from edgeasr.export.reader import _what_is
@@ -46,6 +46,7 @@ class Recognizer:
     feature_dim: int = 80
     meta: dict = field(default_factory=dict)
     note: Notes | None = None  # where the too-short warnings go (default: stderr)
+    tokenizer: Tokenizer | Path | None = None  # spells --context phrases (an exported file: checked on first use)
     _stream_rt: Any = None
 
     @property
@@ -84,10 +85,51 @@ class Recognizer:
             raise CliError(f"{self.path}: its encoder ({type(self.model.encoder).__name__}) is full-context (offline) "
                            "and has no streaming mode; drop --streaming")
 
+    def _spelling(self) -> Tokenizer:
+        """The sentencepiece model that spells context phrases in this model's tokens."""
+        if isinstance(self.tokenizer, Tokenizer):
+            return self.tokenizer
+        path = Path(self.tokenizer if self.tokenizer is not None else DEFAULT_TOKENIZER)
+        try:
+            tok = Tokenizer(path)
+        except Exception as e:
+            raise CliError(f"{path}: no usable sentencepiece model to spell --context phrases ({type(e).__name__}: "
+                           f"{e}); pass the one the model was trained with (--tokenizer)") from e
+        pieces = [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
+        if self.kind == "exported" and pieces != list(self.model.tokens):
+            raise CliError(f"{path}: its pieces are not {self.path}'s tokens, so it would spell --context phrases "
+                           "in another vocabulary; pass the tokenizer the model was trained with (--tokenizer)")
+        self.tokenizer = tok
+        return tok
+
+    def context_graph(self, phrases: Sequence[str], boost: float, end_bonus: float,
+                      name: str = "context") -> ContextGraph | None:
+        """A shallow-fusion graph over this model's tokens (phrases lower-cased, spaces collapsed);
+        a phrase the tokenizer can only spell with ``<unk>`` is dropped with a note naming it.
+        ``None`` when no phrase is left (decoding is then exactly unbiased)."""
+        tok = self._spelling()
+        seqs, dropped = [], []
+        for p in phrases:
+            p = " ".join(str(p).lower().split())
+            if not p:
+                continue
+            ids = tok.encode(p)
+            if tok.unk_id in ids:
+                dropped.append(p)
+            else:
+                seqs.append(ids)
+        if dropped:
+            (self.note or Notes(sys.stderr))("context-unk", f"{name}: {len(dropped)} phrase(s) the model cannot spell "
+                                                            f"dropped: {', '.join(map(repr, dropped[:5]))}")
+        return ContextGraph(seqs, tok.vocab_size, boost, end_bonus) if seqs else None
+
     def recognize(self, feats, method: str = "greedy", beam: int = 4, streaming: bool = False,
-                  chunk_frames: int = 32, name: str = "input") -> list[int]:
+                  chunk_frames: int = 32, name: str = "input", context: ContextGraph | None = None) -> list[int]:
         """feats (T, F) float -> token ids (blank removed). Input too short for one encoder frame
-        gives ``[]`` and a note naming ``name`` (the encoder would fail on zero frames)."""
+        gives ``[]`` and a note naming ``name`` (the encoder would fail on zero frames). ``context``:
+        shallow fusion towards its phrases (modified beam search only)."""
+        if context is not None and (method != "beam" or streaming):
+            raise CliError("context biasing applies to offline modified beam search: use --method beam without --streaming")
         if feats.dim() != 2 or feats.size(1) != self.feature_dim:
             raise AudioError(f"{name}: features of shape {tuple(feats.shape)}, the model takes (T, {self.feature_dim})")
         need = self.min_input_frames
@@ -104,7 +146,8 @@ class Recognizer:
             enc, enc_lens = self.model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]))
             if method == "greedy":
                 return list(greedy_search(self.model, enc, enc_lens, self.max_sym_per_frame)[0])
-            nbest = modified_beam_search(self.model, enc, enc_lens, beam=beam)[0]
+            nbest = modified_beam_search(self.model, enc, enc_lens, beam=beam,
+                                         contexts=[context] if context is not None else None)[0]
             return list(nbest[0].tokens) if nbest else []
 
     def _stream(self, feats, chunk_frames: int) -> list[int]:
@@ -170,11 +213,12 @@ def _load_exported(path: Path, tokenizer, note: Notes) -> Recognizer:
     except Exception as e:  # the loader should have said it; never a traceback for a bad file
         raise CliError(f"{path}: cannot load the exported student ({type(e).__name__}: {e})") from e
     if tokenizer is not None:
-        note("tokenizer", f"--tokenizer {tokenizer} ignored: {path} carries its own token list")
+        note("tokenizer", f"--tokenizer {tokenizer}: {path} carries its own token list; the tokenizer only "
+                          "spells --context phrases")
     tokens = rt.tokens
     dim = rt.encoder.input_dim
     return Recognizer(path, "exported", rt, lambda ids: tokens_to_text(tokens, ids, rt.blank_id), dim,
-                      dict(rt.header), note)
+                      dict(rt.header), note, Path(tokenizer) if tokenizer is not None else None)
 
 
 def _load_torch(path: Path, tokenizer, note: Notes) -> Recognizer:
@@ -203,4 +247,4 @@ def _load_torch(path: Path, tokenizer, note: Notes) -> Recognizer:
     if tok.vocab_size != model.vocab_size:
         raise CliError(f"{tok_path} has {tok.vocab_size} tokens but {path} was trained with {model.vocab_size}; "
                        "pass the tokenizer the model was trained with (--tokenizer)")
-    return Recognizer(path, "model.pt", model, tok.decode, int(model.encoder.input_dim), meta, note)
+    return Recognizer(path, "model.pt", model, tok.decode, int(model.encoder.input_dim), meta, note, tok)

@@ -27,6 +27,10 @@
   end-pointing splits streamed through the runtime; latency after the end of speech, early cuts,
   resets, WER at each decision, the latency/early-cut trade-off over thresholds.
 
+* Shallow-fusion context biasing (``evaluate.biasing``, :mod:`edgeasr.stages.evaluate_biasing`):
+  each utterance's list of names (true entities + distractors) boosting the runtime's beam search;
+  WER, B-WER, U-WER, entity recall per list size, weights chosen on ``dev_rare``.
+
 * The cloud side (``evaluate.rescore``, :mod:`edgeasr.stages.evaluate_rescore`): those lattices
   rescored with the ``train_lm`` stage's LM, weights tuned on dev, WER before and after per split.
 
@@ -67,6 +71,7 @@ from edgeasr.models.io import load_model
 from edgeasr.runtime import load_student
 
 from .common import stage_datamodule
+from .evaluate_biasing import biasing_metrics
 from .evaluate_endpoint import endpoint_metrics
 from .evaluate_lattice import lattice_metrics, pytorch_student
 from .evaluate_rescore import rescore_metrics
@@ -247,10 +252,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # 1. N-best word lattices (oracle WER, bytes on the wire against the audio's), the cloud's
         # rescoring of them, and WER of the integer runtime on every utterance of every split
         dm = stage_datamodule(cfg, section)
-        lc, one_best = section.lattice, {}
+        lc, bc, one_best = section.lattice, section.biasing, {}
+        compare = (lc.enabled and lc.compare_pytorch) or (bc.enabled and bc.compare_pytorch)
+        fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if compare else None
         if lc.enabled:
-            fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if lc.compare_pytorch else None
-            lattice_m, one_best = lattice_metrics(rt, dm, lc, results, fq)
+            lattice_m, one_best = lattice_metrics(rt, dm, lc, results, fq if lc.compare_pytorch else None)
             metrics.update(lattice_m)
             if (results / "lattices" / "draw").is_dir():
                 tracker.log_artifact(results / "lattices" / "draw", "lattices")
@@ -265,6 +271,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                             KaldiFbankConfig.from_cfg(cfg.prepare.features), results, tracker))
             if (results / "endpoint").is_dir():
                 tracker.log_artifact(results / "endpoint", "endpoint")
+        if bc.enabled:  # shallow fusion towards each utterance's context list
+            metrics.update(biasing_metrics(rt, dm, bc, int(cfg.seed), stage.data_dir / "prepare" / "biasing",
+                                           KaldiFbankConfig.from_cfg(cfg.prepare.features), results, dm.tokenizer,
+                                           fq if bc.compare_pytorch else None))
+            tracker.log_artifact(results / "biasing", "biasing")
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))
         # the same transcripts under Whisper's normalizer, and the reference stage's figures beside ours
