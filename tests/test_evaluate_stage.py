@@ -64,7 +64,7 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     # no PyTorch model or sherpa-onnx bundles in this workspace: the pipeline test covers that step
     # (nor a PyTorch model to compare lattices with: test_lattice.py does on the tiny pipeline)
     cfg = compose(["experiment=tiny", "trainer.progress=false", "evaluate.sherpa.enabled=false",
-                   "evaluate.lattice.compare_pytorch=false"])
+                   "evaluate.lattice.compare_pytorch=false", "evaluate.biasing.compare_pytorch=false"])
     metrics = run(cfg)
     report = json.loads((export_root / "reports/evaluate.json").read_text())
     assert report == pytest.approx(metrics)
@@ -166,7 +166,7 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
             for n in b.distractors:
                 assert set(r["entities"]) <= set(r[f"sf{n}"]) and len(r[f"sf{n}"]) <= len(r["entities"]) + n
         assert report[f"biasing/{split}/sf{max(b.distractors)}/graph_states"] > report[f"biasing/{split}/sf0/graph_states"]
-    assert 0 <= report[f"biasing/pytorch/identical/{b.splits[0]}/none"] <= 1
+    assert not any(k.startswith("biasing/pytorch") for k in report)  # no PyTorch student here (test_pipeline has one)
 
     client, (run_,) = stage_runs(export_root, "evaluate")
     assert "endpoint_tradeoff.png" in {a.path for a in client.list_artifacts(run_.info.run_id)}

@@ -75,6 +75,9 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tiny_pipeline):
     reference = json.loads((tmp_path / "reports/reference.json").read_text())
     assert evaluate["reference/wer"] == reference["wer"] and evaluate["size_ratio_reference"] < 0.05
     assert "wer_whisper_norm/test" in evaluate and "wer_ratio_reference" in evaluate
+    # shallow fusion ran in the integer runtime and in the fake-quantized PyTorch student (issue 17)
+    assert 0 <= evaluate["biasing/pytorch/identical/test_rare/sf10"] <= 1
+    assert evaluate["biasing/test_rare/empty/wer"] == evaluate["biasing/test_rare/none/wer"]
     _sh("dvc plots show -o plots_html", tmp_path, env)
     html = (tmp_path / "plots_html/index.html").read_text()
     assert "wer_by_stage" in html and "exported (integer runtime)" in html
