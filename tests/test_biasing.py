@@ -115,14 +115,14 @@ def _cut(cid: str, text: str, classes: str | None = None, entity: str | None = N
 
 
 def test_entities_lists_and_biased_word_classes():
-    from edgeasr.stages.evaluate_biasing import Encoded, biased_classes, context_lists, entities
+    from edgeasr.stages.evaluate_biasing import SplitLists, biased_classes, context_lists, entities
 
     a = _cut("a", "call zelda abernathy now", entity="zelda abernathy", context=["zelda abernathy", "ann lee", "x y"])
     b = _cut("b", "play jazz by miles davis in the kitchen", "cscssccc")
     assert entities(a) == ["zelda abernathy"] and entities(b) == ["jazz", "miles davis"]
     assert biased_classes("call zelda abernathy now", ["zelda abernathy"]) == "cssc"
-    enc = Encoded({"a": a.supervisions[0].text, "b": b.supervisions[0].text}, {"a": entities(a), "b": entities(b)},
-                  ["zelda abernathy", "ann lee", "x y", "now"], [])
+    enc = SplitLists.from_cuts([a, b])
+    enc.user_phrases.append("now")
     for n in (0, 2, 100):
         lists = context_lists(enc, n, seed=7, split="t")
         assert lists == context_lists(enc, n, seed=7, split="t")      # deterministic from the seed

@@ -200,3 +200,28 @@ def test_end_pointing_streams_do_not_depend_on_the_number_of_workers(export_root
     assert {s: [(x.id, x.trace.points) for x in v] for s, v in one.items()} == \
         {s: [(x.id, x.trace.points) for x in v] for s, v in two.items()}
     assert all(len(v) == len(CutSet.from_file(manifests[s])) > 0 for s, v in one.items())
+
+
+def test_biasing_decodes_do_not_depend_on_the_number_of_workers(export_root):
+    """Shards in spawned processes give the transcripts of one process, for the stored-feature split
+    and the split whose features come from its audio (dev_rare)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from edgeasr.data.features import KaldiFbankConfig
+    from edgeasr.stages.evaluate_biasing import Decoder, SplitLists, Weights, _split_source, context_lists
+
+    prep = export_root / "data/prepare"
+    path = str(export_root / "data/export/student.edgeasr")
+    for split in ("test_rare", "dev_rare"):
+        src = _split_source(split, prep)
+        assert src.stored == (split == "test_rare")
+        sl = SplitLists.from_cuts(CutSet.from_file(src.manifest))
+        conds = {"none": (None, Weights(0, 0)), "sf10": (context_lists(sl, 10, 0, split), Weights(3.0, 1.0))}
+        results = []
+        for workers in (1, 2):
+            dec = Decoder(str(prep / "tokenizer/bpe.model"), KaldiFbankConfig(), 4, workers)
+            with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+                got = dec.gather(dec.submit(pool if workers > 1 else None, path, False, src, sl.refs, conds))
+            results.append({c: v[0] for c, v in got.items()})
+        assert results[0] == results[1] and set(results[0]["sf10"]) == set(sl.refs) != set()

@@ -253,10 +253,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # rescoring of them, and WER of the integer runtime on every utterance of every split
         dm = stage_datamodule(cfg, section)
         lc, bc, one_best = section.lattice, section.biasing, {}
-        compare = (lc.enabled and lc.compare_pytorch) or (bc.enabled and bc.compare_pytorch)
-        fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if compare else None
         if lc.enabled:
-            lattice_m, one_best = lattice_metrics(rt, dm, lc, results, fq if lc.compare_pytorch else None)
+            fq = pytorch_student(stage.data_dir / str(cfg.export.source) / "model.pt") if lc.compare_pytorch else None
+            lattice_m, one_best = lattice_metrics(rt, dm, lc, results, fq)
             metrics.update(lattice_m)
             if (results / "lattices" / "draw").is_dir():
                 tracker.log_artifact(results / "lattices" / "draw", "lattices")
@@ -272,9 +271,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if (results / "endpoint").is_dir():
                 tracker.log_artifact(results / "endpoint", "endpoint")
         if bc.enabled:  # shallow fusion towards each utterance's context list
-            metrics.update(biasing_metrics(rt, dm, bc, int(cfg.seed), stage.data_dir / "prepare" / "biasing",
-                                           KaldiFbankConfig.from_cfg(cfg.prepare.features), results, dm.tokenizer,
-                                           fq if bc.compare_pytorch else None))
+            src = stage.data_dir / str(cfg.export.source) / "model.pt"
+            metrics.update(biasing_metrics(student.path, bc, int(cfg.seed), stage.data_dir / "prepare",
+                                           KaldiFbankConfig.from_cfg(cfg.prepare.features), results,
+                                           src if bc.compare_pytorch else None))
             tracker.log_artifact(results / "biasing", "biasing")
         if section.sherpa.enabled:
             metrics.update(verify_sherpa(cfg, section.sherpa, stage.data_dir, dm, results))

@@ -12,9 +12,12 @@ entities spelled exactly in the transcript), decode time per utterance on this h
 
 ``boost`` and ``end_bonus`` are chosen on ``tune_split`` at ``tune.distractors``: the lowest B-WER
 whose U-WER is at most ``tune.max_u_wer_rise`` (relative) above the unbiased search's. With a
-PyTorch model: the same lists decoded with the fake-quantized student, share of identical
+PyTorch model: the first split's lists decoded by the fake-quantized student too, share of identical
 transcripts (``biasing/pytorch/identical/<split>/<cond>``). Biasing is decoder-side: the NPU's work
 and the model's bytes do not change; the list costs the automaton's states (reported).
+
+Decoding runs in ``workers`` spawned processes over fixed shards (one thread each); every
+utterance is decoded on its own, so the figures do not depend on ``workers``.
 
 Files: ``results/biasing/summary.csv``, ``tune.csv``, ``lists-<split>.jsonl`` (the lists decoded),
 ``recogs-<split>-<cond>.txt``.
@@ -25,8 +28,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing as mp
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -34,12 +39,15 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.dataset.collation import collate_features
 from omegaconf import DictConfig
 
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
+from edgeasr.data.tokenizer import Tokenizer
 from edgeasr.data.word_classes import SLOT
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.metrics import WerAccumulator
+from edgeasr.runtime import load_student
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +59,28 @@ class Weights:
 
 
 @dataclass
-class Encoded:
-    """A split's utterances, encoded once: references, true entities, the users' own context-list
-    phrases (``test_rare``/``dev_rare``; they widen the distractor pool) and per batch the cuts' ids
-    with the encoder output."""
+class SplitLists:
+    """A split's references, true entities and the users' own context-list phrases (``test_rare``/
+    ``dev_rare``: they widen the distractor pool), by cut id."""
 
     refs: dict[str, str]
     entities: dict[str, list[str]]
     user_phrases: list[str]
-    batches: list[tuple[list[str], torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def from_cuts(cls, cuts) -> "SplitLists":
+        cuts = list(cuts)
+        user = sorted({p for c in cuts for p in ((c.supervisions[0].custom or {}).get("context") or [])})
+        return cls({c.id: c.supervisions[0].text or "" for c in cuts}, {c.id: entities(c) for c in cuts}, user)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a split's cuts are and how its features come: stored (the manifests training reads) or
+    computed from the audio (evaluation-only splits)."""
+
+    manifest: str
+    stored: bool
 
 
 def entities(cut) -> list[str]:
@@ -85,13 +106,13 @@ def _occurs(phrase: str, text: str) -> bool:
     return f" {phrase} " in f" {text} "
 
 
-def context_lists(enc: Encoded, n: int, seed: int, split: str) -> dict[str, list[str]]:
+def context_lists(sl: SplitLists, n: int, seed: int, split: str) -> dict[str, list[str]]:
     """Per utterance its true entities plus ``n`` distractors from the split's pool of phrases (the
-    context lists' phrases where the split has them, else every utterance's entities), sorted."""
-    pool = sorted({p for ents in enc.entities.values() for p in ents} | set(enc.user_phrases))
+    users' own lists and every utterance's entities) that do not occur in its reference; sorted."""
+    pool = sorted({p for ents in sl.entities.values() for p in ents} | set(sl.user_phrases))
     out = {}
-    for cut_id in sorted(enc.refs):
-        ref, ents = enc.refs[cut_id], enc.entities[cut_id]
+    for cut_id in sorted(sl.refs):
+        ref, ents = sl.refs[cut_id], sl.entities[cut_id]
         cands = [p for p in pool if p not in ents and not _occurs(p, ref)]
         rng = np.random.default_rng([int(seed), zlib.crc32(f"biasing/{split}/{n}/{cut_id}".encode())])
         picks = rng.choice(len(cands), size=min(n, len(cands)), replace=False) if n else []
@@ -111,139 +132,206 @@ def biased_classes(ref: str, ents: Sequence[str]) -> str:
     return "".join(cls)
 
 
-def _feature_batches(cuts: list, dm, fbank: KaldiFbank | None, batch: int = 16
+# --------------------------------------------------------------------------- decoding (worker side)
+
+Condition = tuple[Mapping[str, list[str]] | None, Weights]  # (lists by cut id or None: no biasing, weights)
+
+
+def _feature_batches(cuts: list, fbank: KaldiFbank | None, batch: int = 16
                      ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
-    """Stored features through the DataModule, or (``fbank``) computed from the audio."""
-    if fbank is None:
-        for b in dm.cuts_dataloader(CutSet.from_cuts(cuts)):
-            yield b["cut_ids"], b["features"], b["feature_lens"]
-        return
+    """Stored features (``fbank`` None) or features computed from the audio, longest first."""
     cuts = sorted(cuts, key=lambda c: (-c.duration, c.id))
     for i in range(0, len(cuts), batch):
         group = cuts[i:i + batch]
-        feats = [torch.from_numpy(fbank.extract(c.load_audio()[0], c.sampling_rate)) for c in group]
-        lens = torch.tensor([f.size(0) for f in feats])
-        yield [c.id for c in group], torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lens
+        if fbank is None:
+            feats, lens = collate_features(CutSet.from_cuts(group))
+        else:
+            one = [torch.from_numpy(fbank.extract(c.load_audio()[0], c.sampling_rate)) for c in group]
+            feats, lens = torch.nn.utils.rnn.pad_sequence(one, batch_first=True), torch.tensor([f.size(0) for f in one])
+        yield [c.id for c in group], feats, lens.long()
 
 
-def encode_split(model, cuts: list, dm, fbank: KaldiFbank | None) -> Encoded:
-    by_id = {c.id: c for c in cuts}
-    batches = []
+def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str], tokenizer: str,
+                 fbank_cfg: KaldiFbankConfig, conditions: Mapping[str, Condition], beam: int
+                 ) -> dict[str, tuple[dict[str, str], float, float]]:
+    """A worker: per condition the transcripts of cuts ``ids`` by id, seconds of search per
+    utterance and mean context-graph states. Encodes each batch once for every condition."""
+    from edgeasr.stages.evaluate_lattice import pytorch_student  # its fake-quant restore: only when asked
+
+    torch.set_num_threads(1)
+    model = pytorch_student(Path(model_path)) if pytorch else load_student(model_path)
+    tok = Tokenizer(tokenizer)
+    keep = set(ids)
+    cuts = [c for c in CutSet.from_file(source.manifest) if c.id in keep]
+    fbank = None if source.stored else KaldiFbank(fbank_cfg)
+    hyps = {c: {} for c in conditions}
+    secs = {c: 0.0 for c in conditions}
+    states: dict[str, list[int]] = {c: [] for c in conditions}
     with torch.no_grad():
-        for ids, feats, lens in _feature_batches(cuts, dm, fbank):
-            out, out_lens = model.encode(feats, lens)
-            batches.append((ids, out, out_lens))
-    user = sorted({p for c in cuts for p in ((c.supervisions[0].custom or {}).get("context") or [])})
-    return Encoded({i: by_id[i].supervisions[0].text or "" for i in by_id},
-                   {i: entities(by_id[i]) for i in by_id}, user, batches)
+        for batch_ids, feats, lens in _feature_batches(cuts, fbank):
+            enc, enc_lens = model.encode(feats, lens)
+            for name, (lists, w) in conditions.items():
+                t0 = time.perf_counter()
+                graphs = None
+                if lists is not None:
+                    graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, w.boost, w.end_bonus)
+                              for i in batch_ids]
+                    states[name] += [g.num_states for g in graphs]
+                nbest = modified_beam_search(model, enc, enc_lens, beam=beam, contexts=graphs)
+                secs[name] += time.perf_counter() - t0
+                hyps[name].update({i: tok.decode(nb[0].tokens) for i, nb in zip(batch_ids, nbest)})
+    return {c: (hyps[c], secs[c], float(np.mean(states[c])) if states[c] else 0.0) for c in conditions}
 
 
-def decode(model, enc: Encoded, lists: Mapping[str, list[str]] | None, w: Weights, encode_text, vocab: int,
-           to_text, beam: int) -> tuple[dict[str, str], float, float]:
-    """Transcripts per cut id (``lists`` None: no biasing), seconds per utterance, mean graph states."""
-    hyps, t0, states = {}, time.perf_counter(), []
-    for ids, out, out_lens in enc.batches:
-        graphs = None
-        if lists is not None:
-            graphs = [ContextGraph.from_phrases(lists[i], encode_text, vocab, w.boost, w.end_bonus) for i in ids]
-            states += [g.num_states for g in graphs]
-        nbest = modified_beam_search(model, out, out_lens, beam=beam, contexts=graphs)
-        hyps.update({i: to_text(nb[0].tokens) for i, nb in zip(ids, nbest)})
-    return hyps, (time.perf_counter() - t0) / max(1, len(hyps)), float(np.mean(states)) if states else 0.0
+@dataclass
+class Decoder:
+    """Runs :func:`decode_shard` over ``workers`` shards of a split (cut i of the id order to shard
+    i % workers) and merges them."""
+
+    tokenizer: str
+    fbank_cfg: KaldiFbankConfig
+    beam: int
+    workers: int
+
+    def submit(self, pool, model_path: str, pytorch: bool, source: Source, ids: Sequence[str],
+               conditions: Mapping[str, Condition]):
+        ids = sorted(ids)
+        n = max(1, self.workers)
+        args = (self.tokenizer, self.fbank_cfg, conditions, self.beam)
+        if pool is None:
+            return [decode_shard(model_path, pytorch, source, ids, *args)]
+        return [pool.submit(decode_shard, model_path, pytorch, source, ids[k::n], *args) for k in range(n)]
+
+    @staticmethod
+    def gather(parts) -> dict[str, tuple[dict[str, str], float, float]]:
+        parts = [p.result() if hasattr(p, "result") else p for p in parts]
+        out = {}
+        for cond in parts[0]:
+            hyps = {i: t for p in parts for i, t in p[cond][0].items()}
+            secs = sum(p[cond][1] for p in parts) / max(1, len(hyps))
+            states = [p[cond][2] for p in parts if p[cond][2]]
+            out[cond] = (hyps, secs, float(np.mean(states)) if states else 0.0)
+        return out
 
 
-def score(enc: Encoded, hyps: Mapping[str, str]) -> tuple[dict[str, float], WerAccumulator]:
-    ids = sorted(enc.refs)
+# --------------------------------------------------------------------------- scoring and choosing
+
+
+def score(sl: SplitLists, hyps: Mapping[str, str]) -> tuple[dict[str, float], WerAccumulator]:
+    ids = sorted(sl.refs)
     acc = WerAccumulator()
-    acc.update([enc.refs[i] for i in ids], [hyps[i] for i in ids], ids,
-               [biased_classes(enc.refs[i], enc.entities[i]) for i in ids])
-    ents = [(e, hyps[i]) for i in ids for e in enc.entities[i] if _occurs(e, enc.refs[i])]
+    acc.update([sl.refs[i] for i in ids], [hyps[i] for i in ids], ids,
+               [biased_classes(sl.refs[i], sl.entities[i]) for i in ids])
+    ents = [(e, hyps[i]) for i in ids for e in sl.entities[i] if _occurs(e, sl.refs[i])]
     recall = sum(_occurs(e, h) for e, h in ents) / max(1, len(ents))
     return {"wer": round(acc.wer, 4), "b_wer": round(acc.slot_wer, 4), "u_wer": round(acc.carrier_wer, 4),
-            "recall": round(recall, 4), "utts": len(ids)}, acc
+            "recall": round(recall, 4)}, acc
 
 
-def tune(model, enc: Encoded, bc: DictConfig, seed: int, split: str, dec_args, results: Path
-         ) -> tuple[Weights, dict[str, float]]:
+def grid(bc: DictConfig) -> list[Weights]:
+    return [Weights(float(b), float(e)) for b in bc.tune.boosts for e in bc.tune.end_bonuses]
+
+
+def choose(sl: SplitLists, decoded: Mapping[str, tuple], bc: DictConfig, split: str, out: Path
+           ) -> tuple[Weights, dict[str, float]]:
     """The grid point with the lowest B-WER whose U-WER rises at most ``max_u_wer_rise`` (relative)."""
-    t = bc.tune
-    lists = context_lists(enc, int(t.distractors), seed, split)
-    base, _ = score(enc, decode(model, enc, None, Weights(0, 0), *dec_args)[0])
+    rise = float(bc.tune.max_u_wer_rise)
+    base, _ = score(sl, decoded["none"][0])
     rows = []
-    for b in t.boosts:
-        for e in t.end_bonuses:
-            w = Weights(float(b), float(e))
-            m, _ = score(enc, decode(model, enc, lists, w, *dec_args)[0])
-            ok = m["u_wer"] <= base["u_wer"] * (1 + float(t.max_u_wer_rise)) + 1e-9
-            rows.append((w, m, ok))
-    with open(results / "tune.csv", "w", newline="") as f:
+    for w in grid(bc):
+        m, _ = score(sl, decoded[_grid_name(w)][0])
+        rows.append((w, m, m["u_wer"] <= base["u_wer"] * (1 + rise) + 1e-9))
+    with open(out / "tune.csv", "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["boost", "end_bonus", "wer", "b_wer", "u_wer", "recall", "within_u_wer_limit"])
         wr.writerow(["none", "none", base["wer"], base["b_wer"], base["u_wer"], base["recall"], True])
-        for w, m, ok in rows:
-            wr.writerow([w.boost, w.end_bonus, m["wer"], m["b_wer"], m["u_wer"], m["recall"], ok])
+        wr.writerows([w.boost, w.end_bonus, m["wer"], m["b_wer"], m["u_wer"], m["recall"], ok] for w, m, ok in rows)
     allowed = [r for r in rows if r[2]]
     if not allowed:
         log.warning("biasing: no grid point keeps %s's U-WER within %.0f %% of %.2f; taking the lowest U-WER",
-                    split, 100 * float(t.max_u_wer_rise), base["u_wer"])
-    w, m, _ = min(allowed or rows, key=lambda r: (r[1]["b_wer"], r[1]["u_wer"]) if allowed else (r[1]["u_wer"],))
+                    split, 100 * rise, base["u_wer"])
+    w, m, _ = min(allowed, key=lambda r: (r[1]["b_wer"], r[1]["u_wer"])) if allowed else \
+        min(rows, key=lambda r: r[1]["u_wer"])
+    n = int(bc.tune.distractors)
     return w, {"biasing/boost": w.boost, "biasing/end_bonus": w.end_bonus, "biasing/tuned_within_limit": int(bool(allowed)),
                f"biasing/{split}/none/b_wer": base["b_wer"], f"biasing/{split}/none/u_wer": base["u_wer"],
-               f"biasing/{split}/sf{int(t.distractors)}/b_wer": m["b_wer"],
-               f"biasing/{split}/sf{int(t.distractors)}/u_wer": m["u_wer"]}
+               f"biasing/{split}/sf{n}/b_wer": m["b_wer"], f"biasing/{split}/sf{n}/u_wer": m["u_wer"]}
 
 
-def biasing_metrics(rt, dm, bc: DictConfig, seed: int, side_manifests: Path, fbank_cfg: KaldiFbankConfig,
-                    results: Path, tokenizer, pytorch_model=None) -> dict[str, float]:
+def _grid_name(w: Weights) -> str:
+    return f"boost{w.boost:g}_bonus{w.end_bonus:g}"
+
+
+def _split_source(split: str, prep: Path) -> Source:
+    side = prep / "biasing" / f"cuts_{split}.jsonl.gz"
+    if side.is_file():  # an evaluation-only split (no stored features): fbank from its audio
+        return Source(str(side), False)
+    return Source(str(prep / "manifests" / f"cuts_{split}.jsonl.gz"), True)
+
+
+def biasing_metrics(model_path: Path, bc: DictConfig, seed: int, prep: Path, fbank_cfg: KaldiFbankConfig,
+                    results: Path, pytorch_path: Path | None = None) -> dict[str, float]:
+    """Every figure of ``evaluate.biasing`` (see the module doc); ``pytorch_path``: the fake-quantized
+    student to compare with on the first split."""
     out = results / "biasing"
     out.mkdir(parents=True, exist_ok=True)
-    to_text = lambda ids: tokenizer.decode(ids)  # noqa: E731
-    dec_args = (tokenizer.encode, tokenizer.vocab_size, to_text, int(bc.beam))
-    fbank = KaldiFbank(fbank_cfg)
+    dec = Decoder(str(prep / "tokenizer" / "bpe.model"), fbank_cfg, int(bc.beam), int(bc.workers))
+    sources = {s: _split_source(str(s), prep) for s in [bc.tune_split, *bc.splits]}
+    lists = {s: SplitLists.from_cuts(CutSet.from_file(src.manifest)) for s, src in sources.items()}
+    t0 = time.perf_counter()
+    pool = ProcessPoolExecutor(dec.workers, mp_context=mp.get_context("spawn")) if dec.workers > 1 else None
+    try:
+        tune_split, n_tune = str(bc.tune_split), int(bc.tune.distractors)
+        tl = context_lists(lists[tune_split], n_tune, seed, tune_split)
+        conds = {"none": (None, Weights(0, 0)), **{_grid_name(w): (tl, w) for w in grid(bc)}}
+        tuned = dec.gather(dec.submit(pool, str(model_path), False, sources[tune_split], lists[tune_split].refs, conds))
+        w, metrics = choose(lists[tune_split], tuned, bc, tune_split, out)
 
-    def load(model, split: str) -> Encoded:
-        side = side_manifests / f"cuts_{split}.jsonl.gz"
-        if side.is_file():  # an evaluation-only split (no stored features): fbank from its audio
-            return encode_split(model, list(CutSet.from_file(side)), dm, fbank)
-        return encode_split(model, list(dm.cuts(split)), dm, None)
+        split_conds, jobs = {}, {}
+        for split in map(str, bc.splits):
+            sl = lists[split]
+            c = {"none": (None, w), "empty": ({i: [] for i in sl.refs}, w)}
+            c.update({f"sf{n}": (context_lists(sl, int(n), seed, split), w) for n in bc.distractors})
+            split_conds[split] = c
+            jobs[(split, False)] = dec.submit(pool, str(model_path), False, sources[split], sl.refs, c)
+        first = str(bc.splits[0])
+        if pytorch_path is not None:
+            pc = {k: split_conds[first][k] for k in ("none", f"sf{n_tune}")}
+            jobs[(first, True)] = dec.submit(pool, str(pytorch_path), True, sources[first], lists[first].refs, pc)
+        decoded = {k: dec.gather(v) for k, v in jobs.items()}
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
-    w, metrics = tune(rt, load(rt, str(bc.tune_split)), bc, seed, str(bc.tune_split), dec_args, out)
     rows = []
-    for split in bc.splits:
-        t0 = time.perf_counter()
-        enc = load(rt, str(split))
-        conds: dict[str, dict[str, list[str]] | None] = {"none": None, "empty": {i: [] for i in enc.refs}}
-        conds.update({f"sf{n}": context_lists(enc, int(n), seed, str(split)) for n in bc.distractors})
+    for split, conds in split_conds.items():
+        sl = lists[split]
         with open(out / f"lists-{split}.jsonl", "w") as f:
-            for i in sorted(enc.refs):
-                f.write(json.dumps({"id": i, "entities": enc.entities[i],
-                                    **{c: l[i] for c, l in conds.items() if l is not None and c != "empty"}}) + "\n")
-        hyps_by = {}
-        for cond, lists in conds.items():
-            hyps, s_per_utt, states = decode(rt, enc, lists, w, *dec_args)
-            m, acc = score(enc, hyps)
-            acc.write_recogs(out / f"recogs-{split}-{cond}.txt")
-            hyps_by[cond] = hyps
-            m.update(decode_ms_per_utt=round(1000 * s_per_utt, 2), graph_states=round(states, 1))
-            rows.append({"split": split, "condition": cond, **m})
-            metrics.update({f"biasing/{split}/{cond}/{k}": v for k, v in m.items() if k != "utts"})
-        base = metrics[f"biasing/{split}/none/b_wer"]
+            for i in sorted(sl.refs):
+                f.write(json.dumps({"id": i, "entities": sl.entities[i],
+                                    **{c: v[0][i] for c, v in conds.items() if c.startswith("sf")}}) + "\n")
         for cond in conds:
-            if cond.startswith("sf") and base > 0:
-                metrics[f"biasing/{split}/{cond}/b_wer_rel_cut"] = round(1 - metrics[f"biasing/{split}/{cond}/b_wer"] / base, 4)
-                u0 = metrics[f"biasing/{split}/none/u_wer"]
-                metrics[f"biasing/{split}/{cond}/u_wer_rel_change"] = round(metrics[f"biasing/{split}/{cond}/u_wer"] / u0 - 1, 4) if u0 else 0.0
-        if pytorch_model is not None and split == bc.splits[0]:
-            penc = load(pytorch_model, str(split))
-            for cond in ("none", f"sf{int(bc.tune.distractors)}"):
-                hyps, _, _ = decode(pytorch_model, penc, conds[cond], w, *dec_args)
-                same = sum(hyps[i] == hyps_by[cond][i] for i in hyps) / max(1, len(hyps))
+            hyps, s_per_utt, states = decoded[(split, False)][cond]
+            m, acc = score(sl, hyps)
+            acc.write_recogs(out / f"recogs-{split}-{cond}.txt")
+            m.update(decode_ms_per_utt=round(1000 * s_per_utt, 2), graph_states=round(states, 1))
+            rows.append({"split": split, "condition": cond, "utts": len(sl.refs), **m})
+            metrics.update({f"biasing/{split}/{cond}/{k}": v for k, v in m.items()})
+        b0, u0 = metrics[f"biasing/{split}/none/b_wer"], metrics[f"biasing/{split}/none/u_wer"]
+        for cond in (c for c in conds if c.startswith("sf")):
+            if b0 > 0:
+                metrics[f"biasing/{split}/{cond}/b_wer_rel_cut"] = round(1 - metrics[f"biasing/{split}/{cond}/b_wer"] / b0, 4)
+            if u0 > 0:
+                metrics[f"biasing/{split}/{cond}/u_wer_rel_change"] = round(metrics[f"biasing/{split}/{cond}/u_wer"] / u0 - 1, 4)
+        if (split, True) in decoded:
+            for cond, (hyps, _, _) in decoded[(split, True)].items():
+                same = sum(hyps[i] == decoded[(split, False)][cond][0][i] for i in hyps) / max(1, len(hyps))
                 metrics[f"biasing/pytorch/identical/{split}/{cond}"] = round(same, 4)
-                metrics[f"biasing/pytorch/{split}/{cond}/b_wer"] = score(penc, hyps)[0]["b_wer"]
-        log.info("biasing: %s decoded in %.1f s", split, time.perf_counter() - t0)
+                metrics[f"biasing/pytorch/{split}/{cond}/b_wer"] = score(sl, hyps)[0]["b_wer"]
     with open(out / "summary.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
+    metrics["biasing/time_s"] = round(time.perf_counter() - t0, 1)
+    log.info("biasing: boost %g, end bonus %g; %.0f s", w.boost, w.end_bonus, metrics["biasing/time_s"])
     return metrics
-
