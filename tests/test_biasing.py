@@ -133,3 +133,31 @@ def test_entities_lists_and_biased_word_classes():
     assert "now" in context_lists(enc, 100, seed=7, split="t")["b"]
     draws = {tuple(context_lists(enc, 1, seed=s, split="t")["a"]) for s in range(20)}
     assert len(draws) > 1                                                # the seed picks the distractors
+
+
+# --------------------------------------------------------------------------- the attention biaser
+
+
+def test_attention_biaser_starts_as_identity_masks_padding_and_is_frame_local():
+    from edgeasr.models.biasing import ContextBiaser, PhraseBatch
+
+    torch.manual_seed(0)
+    biaser = ContextBiaser(vocab_size=V, joiner_dim=16, dim=8, heads=2)
+    enc = torch.randn(3, 20, 16)
+    pb = PhraseBatch.collate([[[1, 2, 3], [4]], [], [[5, 6]]])
+    assert pb.ids.shape == (3, 2, 3) and pb.lens.tolist() == [[3, 1], [0, 0], [2, 0]]
+    assert torch.equal(biaser(enc, pb), enc)          # zero-initialized output: attaching changes nothing
+    torch.nn.init.normal_(biaser.out.weight)
+    out, w = biaser.attention(enc, pb)
+    assert out.shape == enc.shape and w.shape == (3, 20, 3)
+    assert torch.allclose(w.sum(-1), torch.ones(3, 20))
+    assert torch.all(w[1, :, 1:] == 0) and torch.all(w[2, :, 2] == 0)   # padding phrases get no weight
+    assert torch.allclose(w[1, :, 0], torch.ones(20))                   # an empty list: only "no bias"
+    # each frame attends on its own: a prefix of the frames is biased as in the whole utterance
+    assert torch.allclose(biaser(enc[:, :7], pb), out[:, :7], atol=1e-6)
+    # a phrase padded with longer neighbours encodes as on its own
+    alone, _ = biaser.encode_phrases(PhraseBatch.collate([[[4]]]))
+    padded, _ = biaser.encode_phrases(pb)
+    assert torch.allclose(alone[0, 1], padded[0, 2], atol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        ContextBiaser(V, 16, dim=10, heads=4)

@@ -127,3 +127,11 @@ def test_the_cloud_lm_imports_no_training_runtime_or_stage_code():
 def test_the_compression_spec_imports_no_component_that_reads_it():
     banned = ("edgeasr.runtime", "edgeasr.emulator", "edgeasr.compression", "edgeasr.training", "edgeasr.export")
     assert not _violations("edgeasr.quantspec", banned)
+
+
+def test_the_decoders_and_their_context_biasing_are_device_side():
+    """Search and shallow-fusion biasing run on the device for the PyTorch model and the runtime
+    alike: they import no model classes, runtime, data, training, stages or tracking."""
+    banned = ("edgeasr.compression", "edgeasr.training", "edgeasr.stages", "edgeasr.models", "edgeasr.data",
+              "edgeasr.runtime", "edgeasr.tracking", "edgeasr.lm", "edgeasr.lattice", "edgeasr.endpoint")
+    assert not _violations("edgeasr.decoding", banned)

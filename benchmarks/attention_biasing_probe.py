@@ -1,0 +1,136 @@
+"""A probe towards attention biasing (issue 17, part 2): a :class:`~edgeasr.models.biasing.ContextBiaser`
+trained on a frozen distilled student, then B-WER on test_rare against shallow fusion.
+
+The student (fp32, ``data/distill/model.pt``) stays frozen; only the biaser learns, with the RNN-T
+loss on labeled train audio, each utterance given a list of its slot values (contacts, devices,
+songs, ...) plus 0-``max_distractors`` distractors from the other train utterances' slot values
+(``empty_prob``: no true entity in the list). Evaluation: the lists ``evaluate.biasing`` decodes
+(true entity + N distractors, same seed), modified beam search beam 8, for no biasing, shallow
+fusion, the biaser, and both. Not a pipeline stage: compression, MWER, export and the integer
+runtime do not carry the biaser yet.
+
+Usage: python benchmarks/attention_biasing_probe.py [--data data] [--steps 1500] [--boost 2] [--end-bonus 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset.collation import collate_features
+
+from edgeasr.data.datamodule import AsrDataModule
+from edgeasr.decoding import ContextGraph, modified_beam_search
+from edgeasr.models.biasing import ContextBiaser, PhraseBatch
+from edgeasr.models.io import load_model
+from edgeasr.stages.evaluate_biasing import SplitLists, context_lists, entities, score
+
+
+def slot_runs(text: str, classes: str | None) -> list[str]:
+    runs, cur = [], []
+    for w, c in zip(text.split(), classes or ""):
+        if c == "s":
+            cur.append(w)
+        elif cur:
+            runs.append(" ".join(cur))
+            cur = []
+    return runs + ([" ".join(cur)] if cur else [])
+
+
+def train_lists(batch, pool: list[str], rng: np.random.Generator, max_distractors: int, empty_prob: float) -> list[list[str]]:
+    out = []
+    for text, cls in zip(batch["texts"], batch["word_classes"]):
+        ents = [] if rng.random() < empty_prob else slot_runs(text, cls)
+        k = int(rng.integers(0, max_distractors + 1))
+        picks = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)] if k else []
+        out.append(sorted(set(ents) | {p for p in picks if f" {p} " not in f" {text} "}))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("data"))
+    ap.add_argument("--model", type=Path, default=None, help="default <data>/distill/model.pt")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-duration", type=float, default=40.0)
+    ap.add_argument("--max-distractors", type=int, default=30)
+    ap.add_argument("--empty-prob", type=float, default=0.2)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--boost", type=float, default=2.0)
+    ap.add_argument("--end-bonus", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-utts", type=int, default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    prep = a.data / "prepare"
+    model, _ = load_model(a.model or a.data / "distill" / "model.pt")
+    model.eval().requires_grad_(False)
+    dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=["train"],
+                       max_duration=a.max_duration, seed=a.seed)
+    tok = dm.tokenizer
+    train = dm.cuts("train")
+    pool = sorted({p for c in train for p in entities(c)})
+    biaser = ContextBiaser(tok.vocab_size, model.joiner.joiner_dim, dim=a.dim)
+    opt = torch.optim.AdamW(biaser.parameters(), lr=a.lr, weight_decay=1e-4)
+    print(f"train: {len(train)} cuts, {len(pool)} distinct slot values; biaser {sum(p.numel() for p in biaser.parameters())} params")
+
+    step, t0, run = 0, time.perf_counter(), []
+    while step < a.steps:
+        for batch in dm.train_dataloader():
+            lists = train_lists(batch, pool, rng, a.max_distractors, a.empty_prob)
+            pb = PhraseBatch.collate([[tok.encode(p) for p in x] for x in lists])
+            with torch.no_grad():
+                enc, enc_lens = model.encode(batch["features"], batch["feature_lens"])
+            loss = model.rnnt_loss(biaser(enc, pb), enc_lens, batch["tokens"]) / len(lists)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(biaser.parameters(), 5.0)
+            opt.step()
+            run.append(loss.item())
+            step += 1
+            if step % 100 == 0:
+                print(f"step {step}: loss {np.mean(run[-100:]):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if step >= a.steps:
+                break
+    biaser.eval()
+
+    for split, ns in (("test_rare", (10, 100)), ("test", (0,))):
+        cuts = sorted(CutSet.from_file(prep / "manifests" / f"cuts_{split}.jsonl.gz"), key=lambda c: c.id)[: a.eval_utts]
+        sl = SplitLists.from_cuts(cuts)
+        conds = {"empty": {i: [] for i in sl.refs}, **{f"list{n}": context_lists(sl, n, a.seed, split) for n in ns}}
+        hyps: dict[str, dict[str, str]] = {}
+        with torch.no_grad():
+            for i in range(0, len(cuts), 16):
+                group = CutSet.from_cuts(cuts[i:i + 16])
+                feats, lens = collate_features(group)
+                enc, enc_lens = model.encode(feats, lens.long())
+                ids = [c.id for c in group]
+                hyps.setdefault("none", {}).update(_decode(model, enc, enc_lens, None, ids, tok))
+                for name, lists in conds.items():
+                    pb = PhraseBatch.collate([[tok.encode(p) for p in lists[j]] for j in ids])
+                    graphs = [ContextGraph.from_phrases(lists[j], tok.encode, tok.vocab_size, a.boost, a.end_bonus) for j in ids]
+                    benc = biaser(enc, pb)
+                    hyps.setdefault(f"{name}/sf", {}).update(_decode(model, enc, enc_lens, graphs, ids, tok))
+                    hyps.setdefault(f"{name}/attn", {}).update(_decode(model, benc, enc_lens, None, ids, tok))
+                    hyps.setdefault(f"{name}/attn+sf", {}).update(_decode(model, benc, enc_lens, graphs, ids, tok))
+        for cond in sorted(hyps):
+            m, _ = score(sl, hyps[cond])
+            print(f"{split}\t{cond}\tWER {m['wer']:.2f}\tB-WER {m['b_wer']:.2f}\tU-WER {m['u_wer']:.2f}\trecall {m['recall']:.3f}",
+                  flush=True)
+
+
+def _decode(model, enc, enc_lens, graphs, ids, tok) -> dict[str, str]:
+    nbest = modified_beam_search(model, enc, enc_lens, beam=8, contexts=graphs)
+    return {i: tok.decode(nb[0].tokens) for i, nb in zip(ids, nbest)}
+
+
+if __name__ == "__main__":
+    main()
