@@ -153,3 +153,25 @@ def test_beam_merging_matches_exhaustive_sum_over_alignments():
     for h in hyps:
         assert h.log_prob == pytest.approx(exact[tuple(h.tokens)], abs=1e-4)
     assert math.log(sum(math.exp(h.log_prob) for h in hyps)) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_multi_symbol_beam_streams_like_offline_and_emits_several_tokens_per_frame(model_and_enc, chunk):
+    """max_sym_per_frame 2: any chunking gives the whole-utterance search; tokens may share a frame
+    (a sequence can be longer than the frames); batching changes nothing."""
+    model, _, enc, enc_lens = model_and_enc
+    full = modified_beam_search(model, enc, enc_lens, beam=4, max_sym_per_frame=2)
+    state = None
+    for s in range(0, enc.size(1), chunk):
+        _, state = modified_beam_search_streaming(model, enc[:, s:s + chunk], (enc_lens - s).clamp(0, chunk), state,
+                                                  beam=4, max_sym_per_frame=2)
+    assert [[(h.tokens, h.log_prob, h.timestamps) for h in n] for n in state.nbest()] == \
+        [[(h.tokens, h.log_prob, h.timestamps) for h in n] for n in full]
+    shared = [h for n in full for h in n if len(set(h.timestamps)) < len(h.timestamps)]
+    assert shared, "no hypothesis emitted twice on one frame"
+    assert all(ts == sorted(ts) for n in full for ts in (h.timestamps for h in n))
+    for i in range(len(LENS)):
+        single = modified_beam_search(model, enc[i:i + 1, :enc_lens[i]], enc_lens[i:i + 1], beam=4, max_sym_per_frame=2)[0]
+        assert [h.tokens for h in single] == [h.tokens for h in full[i]]
+    with pytest.raises(ValueError, match="max_sym_per_frame"):
+        modified_beam_search(model, enc, enc_lens, beam=4, max_sym_per_frame=0)

@@ -92,113 +92,160 @@ def init_beam_state(model, batch_size: int, device=None,
 
 @torch.no_grad()
 def modified_beam_search(model, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int = 4,
-                         contexts: Sequence[ContextGraph | None] | None = None) -> list[list[Hypothesis]]:
+                         contexts: Sequence[ContextGraph | None] | None = None,
+                         max_sym_per_frame: int = 1) -> list[list[Hypothesis]]:
     """enc_out: (N, T, J), enc_lens: (N,) -> per utterance up to ``beam`` distinct hypotheses,
     best first (sorted by ``log_prob``). ``contexts``: per utterance a :class:`ContextGraph` to bias
-    towards (shallow fusion; ``log_prob`` then includes the bias) or ``None``."""
+    towards (shallow fusion; ``log_prob`` then includes the bias) or ``None``. ``max_sym_per_frame``:
+    see :func:`modified_beam_search_streaming`."""
     state = init_beam_state(model, enc_out.size(0), enc_out.device, contexts)
-    _, state = modified_beam_search_streaming(model, enc_out, enc_lens, state, beam)
+    _, state = modified_beam_search_streaming(model, enc_out, enc_lens, state, beam, max_sym_per_frame)
     return state.nbest(final=True)
 
 
 @torch.no_grad()
 def modified_beam_search_streaming(model, chunk_enc_out: torch.Tensor, enc_lens: torch.Tensor,
-                                   state: BeamState | None = None, beam: int = 4
+                                   state: BeamState | None = None, beam: int = 4, max_sym_per_frame: int = 1
                                    ) -> tuple[list[list[Hypothesis]], BeamState]:
     """Search the next encoder chunk (N, T, J) with ``enc_lens`` valid frames per stream (0 allowed);
     returns each stream's hypotheses so far (best first) and the state for the next chunk. The search
     is frame-synchronous and causal, so any chunking gives exactly :func:`modified_beam_search` on the
-    whole output, and the hypotheses after a chunk are what the search holds at that frame."""
-    predictor, joiner, blank = model.predictor, model.joiner, model.blank_id
+    whole output, and the hypotheses after a chunk are what the search holds at that frame.
+
+    ``max_sym_per_frame`` > 1: a hypothesis that emitted may emit again on the same frame (up to that
+    many symbols; it then pays the blank that ends the frame, as in the standard transducer search),
+    for speech denser in tokens than frames (a rare name spelled in short pieces); at the cap, or with
+    1 (icefall's modified beam search), emitting ends the frame."""
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     device = chunk_enc_out.device
     st = state if state is not None else init_beam_state(model, chunk_enc_out.size(0), device)
-    n = len(st.frames)
     enc_lens = enc_lens.tolist()
-    # Flat list of live hypotheses grouped by utterance; pred_out/pred_state have one row each.
-    hyps, utt, pred_out, pred_state = st.hyps, st.utt, st.pred_out, st.pred_state
-
     for t in range(chunk_enc_out.size(1)):
-        rows = [r for r, u in enumerate(utt) if enc_lens[u] > t]
-        if not rows:
+        if not any(enc_lens[u] > t for u in st.utt):
             break
-        rows_t = torch.tensor(rows, device=device)
-        utts_t = torch.tensor([utt[r] for r in rows], device=device)
-        logp = joiner.forward_frame(chunk_enc_out[utts_t, t], pred_out[rows_t]).float().log_softmax(-1)
-        scores = logp + torch.tensor([hyps[r].log_prob for r in rows], device=device).unsqueeze(1)
+        _search_frame(model, st, chunk_enc_out[:, t], [enc_lens[u] > t for u in range(len(st.frames))], t, beam,
+                      max_sym_per_frame)
+    for u, m in enumerate(enc_lens):
+        st.frames[u] += int(min(m, chunk_enc_out.size(1)))
+    return st.nbest(), st
+
+
+def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool], t: int, beam: int,
+                  max_sym: int) -> None:
+    """One encoder frame (``enc_t``: (N, J)) for the utterances marked ``active``; updates ``st``.
+
+    A working table holds every hypothesis of the frame with a predictor row (the live ones first,
+    then those emitted this frame); each round expands the frontier (all live hypotheses, then
+    those that emitted in the round before) by every symbol, keeps the ``beam`` best per utterance
+    and sends blanks (and, at the last round, emissions) to the frame's ended set, merged by token
+    sequence (logaddexp; the first arrival keeps its predictor row)."""
+    predictor, joiner, blank = model.predictor, model.joiner, model.blank_id
+    device = enc_t.device
+    w_hyps, w_utt = list(st.hyps), list(st.utt)
+    w_out, w_state = st.pred_out, st.pred_state
+    ended: dict[int, dict[tuple[int, ...], list]] = {}  # utt -> key -> [hyp, row, token to step or None]
+    frontier = [r for r, u in enumerate(w_utt) if active[u]]
+    for rnd in range(max_sym):
+        if not frontier:
+            break
+        last = rnd == max_sym - 1
+        rows_t = torch.tensor(frontier, device=device)
+        utts = [w_utt[r] for r in frontier]
+        logp = joiner.forward_frame(enc_t[torch.tensor(utts, device=device)], w_out[rows_t]).float().log_softmax(-1)
+        scores = logp + torch.tensor([w_hyps[r].log_prob for r in frontier], device=device).unsqueeze(1)
         if st.contexts is not None:
-            scores = scores + _context_bias(st.contexts, [utt[r] for r in rows], [hyps[r] for r in rows],
-                                            logp.size(1), blank, device)
+            scores = scores + _context_bias(st.contexts, utts, [w_hyps[r] for r in frontier], logp.size(1), blank, device)
         v = scores.size(1)
 
-        # Pad each active utterance's candidates to (beam, V) so one topk serves the batch.
-        active_utts = sorted({utt[r] for r in rows})
-        pos = {u: i for i, u in enumerate(active_utts)}
+        # Pad each utterance's candidates to (width, V) so one topk serves the batch.
+        order = sorted(set(utts))
+        pos = {u: i for i, u in enumerate(order)}
         slot, seen = [], {}
-        for r in rows:
-            slot.append(seen.get(utt[r], 0))
-            seen[utt[r]] = slot[-1] + 1
+        for u in utts:
+            slot.append(seen.get(u, 0))
+            seen[u] = slot[-1] + 1
         width = max(seen.values())
-        pad = torch.full((len(active_utts), width, v), -math.inf, device=device)
-        pad[torch.tensor([pos[utt[r]] for r in rows], device=device), torch.tensor(slot, device=device)] = scores
-        k = min(beam, width * v)
-        top_val, top_idx = pad.view(len(active_utts), -1).topk(k, dim=1)
-        row_of = {(pos[utt[r]], s): r for r, s in zip(rows, slot)}
+        pad = torch.full((len(order), width, v), -math.inf, device=device)
+        pad[torch.tensor([pos[u] for u in utts], device=device), torch.tensor(slot, device=device)] = scores
+        top_val, top_idx = pad.view(len(order), -1).topk(min(beam, width * v), dim=1)
+        row_of = {(pos[u], s): r for r, u, s in zip(frontier, utts, slot)}
 
-        new_by_utt: dict[int, dict[tuple[int, ...], tuple[Hypothesis, int, int]]] = {}
-        for a, u in enumerate(active_utts):
-            merged: dict[tuple[int, ...], tuple[Hypothesis, int, int]] = {}
+        pending: dict[int, dict[tuple[int, ...], list]] = {}
+        for a, u in enumerate(order):
             for val, idx in zip(top_val[a].tolist(), top_idx[a].tolist()):
                 if val == -math.inf:
                     continue
                 parent, tok = row_of[(a, idx // v)], idx % v
-                ph = hyps[parent]
+                ph = w_hyps[parent]
                 if tok == blank:
-                    h = Hypothesis(ph.tokens, val, ph.timestamps, ph.context_state)
+                    entry = [Hypothesis(ph.tokens, val, ph.timestamps, ph.context_state), parent, None]
                 else:
                     g = st.contexts[u] if st.contexts is not None else None
                     cs = int(g.next[ph.context_state, tok]) if g is not None else 0
-                    h = Hypothesis(ph.tokens + [tok], val, ph.timestamps + [st.frames[u] + t], cs)
-                key = tuple(h.tokens)
-                if key in merged:
-                    old, op, ot = merged[key]
-                    # The same sequence has the same predictor state: keep the first parent.
-                    keep = old if old.log_prob >= val else h
-                    keep = Hypothesis(keep.tokens, _logaddexp(old.log_prob, val), keep.timestamps, keep.context_state)
-                    merged[key] = (keep, op, ot)
-                else:
-                    merged[key] = (h, parent, tok)
-            new_by_utt[u] = merged
+                    entry = [Hypothesis(ph.tokens + [tok], val, ph.timestamps + [st.frames[u] + t], cs), parent, tok]
+                target = (ended if tok == blank or last else pending).setdefault(u, {})
+                _merge(target, entry)
 
-        # Rebuild the flat list (finished utterances keep their hypotheses untouched).
-        new_hyps, new_utt, parents, emit_pos, emit_tok = [], [], [], [], []
-        for u in range(n):
-            if u in new_by_utt:
-                for h, parent, tok in new_by_utt[u].values():
-                    if tok != blank:
-                        emit_pos.append(len(new_hyps))
-                        emit_tok.append(tok)
-                    new_hyps.append(h)
+        # Emissions that go on this frame get their predictor row now (it joins the working table);
+        # the frame's ended ones are stepped once, after the last round.
+        steps = [e for d in pending.values() for e in d.values()]
+        if steps:
+            par = torch.tensor([e[1] for e in steps], device=device)
+            out, sub = predictor.step_tokens(torch.tensor([e[2] for e in steps], device=device),
+                                             predictor.select_state(w_state, par))
+            base = len(w_hyps)
+            grow = torch.cat([torch.arange(base, device=device), par])
+            w_out, w_state = w_out[grow], predictor.select_state(w_state, grow)
+            new_rows = torch.arange(base, base + len(steps), device=device)
+            w_out[new_rows] = out
+            w_state = predictor.scatter_state(w_state, new_rows, sub)
+            for j, e in enumerate(steps):
+                e[1], e[2] = base + j, None
+                w_hyps.append(e[0])
+                w_utt.append(w_utt[int(par[j])])
+        frontier = [e[1] for d in pending.values() for e in d.values()]
+
+    # The new flat list: each active utterance's ended hypotheses (the beam best, in arrival order),
+    # the others untouched.
+    rows, new_hyps, new_utt, emit_pos, emit_tok = [], [], [], [], []
+    for u in range(len(st.frames)):
+        if active[u]:
+            entries = list(ended.get(u, {}).values())
+            if len(entries) > beam:
+                keep = set(sorted(range(len(entries)), key=lambda i: -entries[i][0].log_prob)[:beam])
+                entries = [e for i, e in enumerate(entries) if i in keep]
+            for h, r, tok in entries:
+                if tok is not None:
+                    emit_pos.append(len(rows))
+                    emit_tok.append(tok)
+                new_hyps.append(h)
+                new_utt.append(u)
+                rows.append(r)
+        else:
+            for r, uu in enumerate(st.utt):
+                if uu == u:
+                    new_hyps.append(st.hyps[r])
                     new_utt.append(u)
-                    parents.append(parent)
-            else:
-                for r, uu in enumerate(utt):
-                    if uu == u:
-                        new_hyps.append(hyps[r])
-                        new_utt.append(u)
-                        parents.append(r)
-        par = torch.tensor(parents, device=device)
-        pred_out = pred_out[par]
-        pred_state = predictor.select_state(pred_state, par)
-        if emit_pos:
-            ep = torch.tensor(emit_pos, device=device)
-            out, sub = predictor.step_tokens(
-                torch.tensor(emit_tok, device=device), predictor.select_state(pred_state, ep)
-            )
-            pred_out[ep] = out
-            pred_state = predictor.scatter_state(pred_state, ep, sub)
-        hyps, utt = new_hyps, new_utt
+                    rows.append(r)
+    idx = torch.tensor(rows, device=device)
+    pred_out, pred_state = w_out[idx], predictor.select_state(w_state, idx)
+    if emit_pos:
+        ep = torch.tensor(emit_pos, device=device)
+        out, sub = predictor.step_tokens(torch.tensor(emit_tok, device=device), predictor.select_state(pred_state, ep))
+        pred_out[ep] = out
+        pred_state = predictor.scatter_state(pred_state, ep, sub)
+    st.hyps, st.utt, st.pred_out, st.pred_state = new_hyps, new_utt, pred_out, pred_state
 
-    for u, m in enumerate(enc_lens):
-        st.frames[u] += int(min(m, chunk_enc_out.size(1)))
-    st.hyps, st.utt, st.pred_out, st.pred_state = hyps, utt, pred_out, pred_state
-    return st.nbest(), st
+
+def _merge(target: dict[tuple[int, ...], list], entry: list) -> None:
+    """Add ``[hyp, row, token]`` to a key -> entry dict: the same token sequence sums its probability
+    (logaddexp); the first arrival keeps its predictor row (the same sequence has the same state)."""
+    h = entry[0]
+    key = tuple(h.tokens)
+    old = target.get(key)
+    if old is None:
+        target[key] = entry
+        return
+    keep = old[0] if old[0].log_prob >= h.log_prob else h
+    old[0] = Hypothesis(keep.tokens, _logaddexp(old[0].log_prob, h.log_prob), keep.timestamps, keep.context_state)

@@ -152,7 +152,7 @@ def _feature_batches(cuts: list, fbank: KaldiFbank | None, batch: int = 16
 
 
 def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str], tokenizer: str,
-                 fbank_cfg: KaldiFbankConfig, conditions: Mapping[str, Condition], beam: int
+                 fbank_cfg: KaldiFbankConfig, conditions: Mapping[str, Condition], beam: int, max_sym: int = 1
                  ) -> dict[str, tuple[dict[str, str], float, float]]:
     """A worker: per condition the transcripts of cuts ``ids`` by id, seconds of search per
     utterance and mean context-graph states. Encodes each batch once for every condition."""
@@ -177,7 +177,7 @@ def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str],
                     graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, w.boost, w.end_bonus)
                               for i in batch_ids]
                     states[name] += [g.num_states for g in graphs]
-                nbest = modified_beam_search(model, enc, enc_lens, beam=beam, contexts=graphs)
+                nbest = modified_beam_search(model, enc, enc_lens, beam=beam, contexts=graphs, max_sym_per_frame=max_sym)
                 secs[name] += time.perf_counter() - t0
                 hyps[name].update({i: tok.decode(nb[0].tokens) for i, nb in zip(batch_ids, nbest)})
     return {c: (hyps[c], secs[c], float(np.mean(states[c])) if states[c] else 0.0) for c in conditions}
@@ -192,12 +192,13 @@ class Decoder:
     fbank_cfg: KaldiFbankConfig
     beam: int
     workers: int
+    max_sym: int = 1
 
     def submit(self, pool, model_path: str, pytorch: bool, source: Source, ids: Sequence[str],
                conditions: Mapping[str, Condition]):
         ids = sorted(ids)
         n = max(1, self.workers)
-        args = (self.tokenizer, self.fbank_cfg, conditions, self.beam)
+        args = (self.tokenizer, self.fbank_cfg, conditions, self.beam, self.max_sym)
         if pool is None:
             return [decode_shard(model_path, pytorch, source, ids, *args)]
         return [pool.submit(decode_shard, model_path, pytorch, source, ids[k::n], *args) for k in range(n)]
@@ -275,7 +276,8 @@ def biasing_metrics(model_path: Path, bc: DictConfig, seed: int, prep: Path, fba
     student to compare with on the first split."""
     out = results / "biasing"
     out.mkdir(parents=True, exist_ok=True)
-    dec = Decoder(str(prep / "tokenizer" / "bpe.model"), fbank_cfg, int(bc.beam), int(bc.workers))
+    dec = Decoder(str(prep / "tokenizer" / "bpe.model"), fbank_cfg, int(bc.beam), int(bc.workers),
+                  int(bc.get("max_sym_per_frame", 1)))
     sources = {s: _split_source(str(s), prep) for s in [bc.tune_split, *bc.splits]}
     lists = {s: SplitLists.from_cuts(CutSet.from_file(src.manifest)) for s, src in sources.items()}
     t0 = time.perf_counter()
