@@ -25,8 +25,7 @@ def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_
                   beam: int = 4, max_sym_per_frame: int = 1) -> WerAccumulator:
     """Decode every batch; WER accumulates summed errors over summed reference words, per word
     class too when the batches carry ``word_classes`` (see :class:`edgeasr.metrics.WerAccumulator`).
-    ``max_sym_per_frame`` bounds greedy emissions per encoder frame (modified beam search is one
-    per frame by construction, as in sherpa-onnx)."""
+    ``max_sym_per_frame`` bounds emissions per encoder frame (greedy and modified beam search)."""
     model.eval()
     acc = WerAccumulator()
     for batch in loader:
@@ -34,7 +33,8 @@ def decode_loader(model: nn.Module, loader: Iterable[Mapping[str, Any]], decode_
         if method == "greedy":
             hyps = greedy_search(model, enc, enc_lens, max_sym_per_frame=max_sym_per_frame)
         elif method == "beam":
-            hyps = [nbest[0].tokens for nbest in modified_beam_search(model, enc, enc_lens, beam=beam)]
+            hyps = [nbest[0].tokens for nbest in modified_beam_search(model, enc, enc_lens, beam=beam,
+                                                                            max_sym_per_frame=max_sym_per_frame)]
         else:
             raise ValueError(f"unknown decoding method {method!r}; use greedy or beam")
         acc.update(batch["texts"], [decode_text(h) for h in hyps], ids=batch["cut_ids"],

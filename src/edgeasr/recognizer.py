@@ -171,7 +171,7 @@ class Recognizer:
         stop = max(cfg.final.incomplete_s, cfg.speculative.incomplete_s) + 0.01
         trace = stream_decisions(model, feats.float(), chunk_frames, cfg.beam, eoq, lambda ids: self.to_text(ids).split(),
                                  stop_silence_s=stop, vad_margin_db=cfg.vad_margin_db, support_s=cfg.support_s,
-                                 temperature=cfg.beam_temperature)
+                                 temperature=cfg.beam_temperature, max_sym_per_frame=cfg.max_sym_per_frame)
         return event_lines(trace, simulate(trace.points, cfg.final, cfg.speculative), self.to_text)
 
     def transcribe_features(self, feats, **kw) -> str:

@@ -26,6 +26,7 @@ class EndpointConfig:
     vad_margin_db: float = 15.0
     support_s: float = 0.24
     beam_temperature: float = 2.0
+    max_sym_per_frame: int = 1     # the beam search's symbols per encoder frame
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +56,10 @@ class EndpointConfig:
             if f.name in rules or f.name not in doc:
                 continue
             v = doc[f.name]
-            if not _number(v) or v <= 0 or (f.name == "beam" and (type(v) is not int or v > 64)):
+            whole = f.name in ("beam", "max_sym_per_frame")
+            if not _number(v) or v <= 0 or (whole and (type(v) is not int or v > 64)):
                 raise EndpointConfigError(f"{path}: {f.name}={v!r} must be a positive number"
-                                          + (" (an integer <= 64)" if f.name == "beam" else ""))
+                                          + (" (an integer <= 64)" if whole else ""))
             values[f.name] = v
         return cls(rules["final"], rules["speculative"], **values)
 

@@ -77,7 +77,8 @@ def expected_p_end(beam: Sequence[Hypothesis], eoq: EndOfQuery, to_words: Callab
 def stream_decisions(model, feats: torch.Tensor, chunk_frames: int, beam: int, eoq: EndOfQuery,
                      to_words: Callable[[Sequence[int]], list[str]], frame_shift_s: float = 0.01,
                      window_s: float = 0.025, stop_silence_s: float | None = None, vad_margin_db: float = 15.0,
-                     support_s: float = 0.16, temperature: float = 2.0, encode_once: bool = False) -> StreamTrace:
+                     support_s: float = 0.16, temperature: float = 2.0, encode_once: bool = False,
+                     max_sym_per_frame: int = 1) -> StreamTrace:
     """feats (T, F) -> :class:`StreamTrace`. A point's ``time_s`` is when its chunk's last feature
     frame is complete (its window's end: ``snip_edges=False`` centres frame i at (i + 0.5) x shift).
     A point's silence is the shorter of the decoder's (trailing blank frames of the best hypothesis)
@@ -102,7 +103,8 @@ def stream_decisions(model, feats: torch.Tensor, chunk_frames: int, beam: int, e
         else:
             out = enc.push(feats[start:end])
         vad.push(feats[start:end])
-        nbest, state = modified_beam_search_streaming(model, out, torch.tensor([out.size(1)]), state, beam)
+        nbest, state = modified_beam_search_streaming(model, out, torch.tensor([out.size(1)]), state, beam,
+                                                      max_sym_per_frame)
         best, now = nbest[0][0], round(at(end), 6)
         frames, last = state.frames[0], (best.timestamps[-1] if best.tokens else -1)
         audio_silence = vad.trailing * frame_shift_s

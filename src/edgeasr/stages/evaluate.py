@@ -134,8 +134,9 @@ def runtime_wer(rt, dm, section: DictConfig, results: Path, decoded: dict[str, W
     for split, acc in reuse.items():
         acc.write_recogs(results / f"recogs-{split}.txt")
         acc.write_errs(results / f"errs-{split}.txt")
+    per_frame = int(dec.max_sym_per_frame) if dec.method == "beam" else rt.max_sym_per_frame  # greedy: the header's
     metrics = evaluate_splits(rt, dm, [s for s in section.eval_splits if s not in reuse], results, dec.method,
-                              dec.beam, rt.max_sym_per_frame)  # as the export header says the model decodes
+                              dec.beam, per_frame)
     for acc_split, acc in reuse.items():
         metrics.update(wer_metrics(acc, acc_split))
     metrics = add_test_totals(metrics)
@@ -147,7 +148,8 @@ def runtime_wer(rt, dm, section: DictConfig, results: Path, decoded: dict[str, W
 def same_search(section: DictConfig) -> bool:
     """Whether the lattice pass runs the WER decode's search (then its 1-best is the WER's)."""
     lc, dec = section.lattice, section.decoding
-    return bool(lc.enabled) and dec.method == "beam" and int(dec.beam) == int(lc.beam)
+    return (bool(lc.enabled) and dec.method == "beam" and int(dec.beam) == int(lc.beam)
+            and int(dec.max_sym_per_frame) == int(lc.max_sym_per_frame))
 
 
 def verify_sherpa(cfg: DictConfig, sc: DictConfig, data_dir: Path, dm, results: Path) -> dict[str, float]:

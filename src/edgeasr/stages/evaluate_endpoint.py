@@ -95,7 +95,7 @@ def stream_split(rt, cuts, ec: dict, eoq: EndOfQuery, fbank: KaldiFbank, stop_s:
         feats = padded_features(cut, fbank, float(ec["tail_s"]), float(ec["max_wait_s"]))
         trace = stream_decisions(rt, feats, chunk, int(ec["beam"]), eoq, to_words, shift, window, stop_s,
                                  float(ec["vad_margin_db"]), float(ec["support_s"]), float(ec["beam_temperature"]),
-                                 encode_once=True)
+                                 encode_once=True, max_sym_per_frame=int(ec.get("max_sym_per_frame", 1)))
         out.append(Stream(cut.id, cut.supervisions[0].text or "", speech_end(cut), trace))
     return out
 
@@ -303,7 +303,7 @@ def endpoint_metrics(rt, model_path: Path, ec: DictConfig, lattice_cfg: DictConf
         w.writeheader()
         w.writerows({"split": s, **r} for s, rs in rows.items() for r in rs)
     EndpointConfig(final, spec, float(ec.chunk_ms), int(ec.beam), float(ec.vad_margin_db), float(ec.support_s),
-                   float(ec.beam_temperature)).save(out / "rule.json", tune_split=splits[0])
+                   float(ec.beam_temperature), int(ec.max_sym_per_frame)).save(out / "rule.json", tune_split=splits[0])
     fig = tradeoff_figure(rows, final)
     fig.savefig(out / "tradeoff.png", dpi=120)
     tracker.log_figure(fig, "endpoint_tradeoff.png")

@@ -123,7 +123,8 @@ def decode_split(rt, pytorch_model, dm, cuts, lc: DictConfig, ns: list[int], dra
     tally = SplitTally({n: WerAccumulator() for n in ns}, {n: Counter() for n in ns}, WerAccumulator())
     opus_level = float(lc.opus_compression_level) if lc.opus and draw_dir is not None else None
     for batch in dm.cuts_dataloader(CutSet.from_cuts(cuts)):
-        args = (batch["features"], batch["feature_lens"], rt.tokens, ns, int(lc.beam), int(lc.weight_step_log2))
+        args = (batch["features"], batch["feature_lens"], rt.tokens, ns, int(lc.beam), int(lc.weight_step_log2),
+                int(lc.max_sym_per_frame))
         decoded = decode_lattices(rt, *args)
         lats = [d.lattices for d in decoded]
         tally.one_best.update(batch["texts"], [dm.tokenizer.decode(d.best_tokens) for d in decoded],
