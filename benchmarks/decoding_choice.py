@@ -1,5 +1,6 @@
-"""WER of an exported student (integer runtime) on one split under modified beam search (beam 4, 8)
-and greedy search at the header's tokens per frame: how `evaluate.decoding` was chosen (on dev).
+"""WER of an exported student (integer runtime) on one split under modified beam search (beam 4, 8;
+beam 8 with up to 2 and 3 symbols per frame) and greedy search at the header's tokens per frame:
+how `evaluate.decoding` was chosen (on dev).
 
 Usage: python benchmarks/decoding_choice.py [--model data/export/student.edgeasr] [--data data] [--split dev]
 """
@@ -28,9 +29,10 @@ def main() -> None:
     dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=["train"], max_duration=60)
     rt = load_student(a.model)
     loader = list(dm.split_dataloader(a.split))
-    for method, beam in (("beam", 4), ("beam", 8), ("greedy", 0)):
-        acc = decode_loader(rt, loader, lambda ids: tokens_to_text(rt.tokens, ids), method, beam, rt.max_sym_per_frame)
-        label = f"beam {beam}" if method == "beam" else f"greedy, {rt.max_sym_per_frame} per frame"
+    for method, beam, per_frame in (("beam", 4, 1), ("beam", 8, 1), ("beam", 8, 2), ("beam", 8, 3),
+                                    ("greedy", 0, rt.max_sym_per_frame)):
+        acc = decode_loader(rt, loader, lambda ids: tokens_to_text(rt.tokens, ids), method, beam, per_frame)
+        label = f"beam {beam}, {per_frame} per frame" if method == "beam" else f"greedy, {per_frame} per frame"
         print(f"{a.split}\t{label}\t{wer_metrics(acc, a.split)}", flush=True)
 
 
