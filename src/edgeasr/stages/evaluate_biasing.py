@@ -49,6 +49,8 @@ from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.runtime import load_student
 
+from .evaluate_lattice import pytorch_student
+
 log = logging.getLogger(__name__)
 
 
@@ -156,8 +158,6 @@ def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str],
                  ) -> dict[str, tuple[dict[str, str], float, float]]:
     """A worker: per condition the transcripts of cuts ``ids`` by id, seconds of search per
     utterance and mean context-graph states. Encodes each batch once for every condition."""
-    from edgeasr.stages.evaluate_lattice import pytorch_student  # its fake-quant restore: only when asked
-
     torch.set_num_threads(1)
     model = pytorch_student(Path(model_path)) if pytorch else load_student(model_path)
     tok = Tokenizer(tokenizer)
