@@ -1,8 +1,11 @@
 """icefall's modified beam search for transducers, batched over utterances.
 
-At most one symbol per frame; each frame every hypothesis is extended by all V symbols, the
-``beam`` best (hypothesis, symbol) pairs per utterance survive, and pairs that spell the same
-token sequence are merged by adding their probabilities (logaddexp).
+Each frame every hypothesis is extended by all V symbols, the ``beam`` best (hypothesis, symbol)
+pairs per utterance survive, and pairs that spell the same token sequence are merged by adding
+their probabilities (logaddexp). One symbol per frame by default (icefall's search); with
+``max_sym_per_frame`` > 1 a hypothesis that emitted may emit again on the same frame. A
+shallow-fusion :class:`~edgeasr.decoding.context.ContextGraph` per utterance adds its bias to
+the scores (``contexts``).
 """
 
 from __future__ import annotations
