@@ -21,24 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset.collation import collate_features
 
 from edgeasr.data.datamodule import AsrDataModule
+from edgeasr.data.word_classes import slot_runs
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.models.biasing import ContextBiaser, PhraseBatch
 from edgeasr.models.io import load_model
-from edgeasr.stages.evaluate_biasing import SplitLists, context_lists, entities, score
-
-
-def slot_runs(text: str, classes: str | None) -> list[str]:
-    runs, cur = [], []
-    for w, c in zip(text.split(), classes or ""):
-        if c == "s":
-            cur.append(w)
-        elif cur:
-            runs.append(" ".join(cur))
-            cur = []
-    return runs + ([" ".join(cur)] if cur else [])
+from edgeasr.stages.evaluate_biasing import SplitLists, context_lists, entities, feature_batches, score
 
 
 def train_lists(batch, pool: list[str], rng: np.random.Generator, max_distractors: int, empty_prob: float) -> list[list[str]]:
@@ -108,11 +97,8 @@ def main() -> None:
         conds = {"empty": {i: [] for i in sl.refs}, **{f"list{n}": context_lists(sl, n, a.seed, split) for n in ns}}
         hyps: dict[str, dict[str, str]] = {}
         with torch.no_grad():
-            for i in range(0, len(cuts), 16):
-                group = CutSet.from_cuts(cuts[i:i + 16])
-                feats, lens = collate_features(group)
-                enc, enc_lens = model.encode(feats, lens.long())
-                ids = [c.id for c in group]
+            for ids, feats, lens in feature_batches(cuts):
+                enc, enc_lens = model.encode(feats, lens)
                 hyps.setdefault("none", {}).update(_decode(model, enc, enc_lens, None, ids, tok))
                 for name, lists in conds.items():
                     pb = PhraseBatch.collate([[tok.encode(p) for p in lists[j]] for j in ids])

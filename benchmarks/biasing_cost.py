@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 from lhotse import CutSet
-from lhotse.dataset.collation import collate_features
 
 from edgeasr.data.tokenizer import Tokenizer
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.runtime import load_student
-from edgeasr.stages.evaluate_biasing import SplitLists, context_lists
+from edgeasr.stages.evaluate_biasing import SplitLists, context_lists, feature_batches
 
 
 def main() -> None:
@@ -41,10 +40,8 @@ def main() -> None:
     sl = SplitLists.from_cuts(cuts)
     batches = []
     with torch.no_grad():
-        for i in range(0, len(cuts), 16):
-            group = CutSet.from_cuts(cuts[i:i + 16])
-            feats, lens = collate_features(group)
-            batches.append(([c.id for c in group], *rt.encode(feats, lens.long())))
+        for ids, feats, lens in feature_batches(cuts):
+            batches.append((ids, *rt.encode(feats, lens)))
     print(f"{a.split}: {len(cuts)} utterances, beam {a.beam}, {a.model}")
     print("phrases\tbuild_ms_per_list\tstates\ttable_KiB\tsearch_ms_per_utt")
     for n in (None, 0, 10, 100, 1000):

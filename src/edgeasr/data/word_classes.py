@@ -87,3 +87,17 @@ def check_word_classes(text: str | None, classes: object) -> str | None:
     if len(classes) != len(text.split()) or set(classes) - {SLOT, CARRIER}:
         return None
     return classes
+
+
+def slot_runs(text: str, classes: str | None) -> list[str]:
+    """Each maximal run of slot words of ``text`` (one class per word), in order:
+    ``slot_runs("play jazz by miles davis", "cscss") == ["jazz", "miles davis"]``."""
+    runs: list[str] = []
+    cur: list[str] = []
+    for w, c in zip(text.split(), classes or ""):
+        if c == SLOT:
+            cur.append(w)
+        elif cur:
+            runs.append(" ".join(cur))
+            cur = []
+    return runs + ([" ".join(cur)] if cur else [])

@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
-from edgeasr.data.word_classes import SLOT
+from edgeasr.data.word_classes import slot_runs
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.runtime import load_student
@@ -91,17 +91,7 @@ def entities(cut) -> list[str]:
     custom = sup.custom or {}
     if custom.get("entity"):
         return [str(custom["entity"])]
-    words, classes = (sup.text or "").split(), custom.get("word_classes") or ""
-    runs, cur = [], []
-    for w, c in zip(words, classes):
-        if c == SLOT:
-            cur.append(w)
-        elif cur:
-            runs.append(" ".join(cur))
-            cur = []
-    if cur:
-        runs.append(" ".join(cur))
-    return list(dict.fromkeys(runs))
+    return list(dict.fromkeys(slot_runs(sup.text or "", custom.get("word_classes"))))
 
 
 def _occurs(phrase: str, text: str) -> bool:
@@ -139,7 +129,7 @@ def biased_classes(ref: str, ents: Sequence[str]) -> str:
 Condition = tuple[Mapping[str, list[str]] | None, Weights]  # (lists by cut id or None: no biasing, weights)
 
 
-def _feature_batches(cuts: list, fbank: KaldiFbank | None, batch: int = 16
+def feature_batches(cuts: list, fbank: KaldiFbank | None = None, batch: int = 16
                      ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
     """Stored features (``fbank`` None) or features computed from the audio, longest first."""
     cuts = sorted(cuts, key=lambda c: (-c.duration, c.id))
@@ -168,7 +158,7 @@ def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str],
     secs = {c: 0.0 for c in conditions}
     states: dict[str, list[int]] = {c: [] for c in conditions}
     with torch.no_grad():
-        for batch_ids, feats, lens in _feature_batches(cuts, fbank):
+        for batch_ids, feats, lens in feature_batches(cuts, fbank):
             enc, enc_lens = model.encode(feats, lens)
             for name, (lists, w) in conditions.items():
                 t0 = time.perf_counter()
@@ -277,7 +267,7 @@ def biasing_metrics(model_path: Path, bc: DictConfig, seed: int, prep: Path, fba
     out = results / "biasing"
     out.mkdir(parents=True, exist_ok=True)
     dec = Decoder(str(prep / "tokenizer" / "bpe.model"), fbank_cfg, int(bc.beam), int(bc.workers),
-                  int(bc.get("max_sym_per_frame", 1)))
+                  int(bc.max_sym_per_frame))
     sources = {s: _split_source(str(s), prep) for s in [bc.tune_split, *bc.splits]}
     lists = {s: SplitLists.from_cuts(CutSet.from_file(src.manifest)) for s, src in sources.items()}
     t0 = time.perf_counter()

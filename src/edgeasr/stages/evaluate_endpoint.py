@@ -95,7 +95,7 @@ def stream_split(rt, cuts, ec: dict, eoq: EndOfQuery, fbank: KaldiFbank, stop_s:
         feats = padded_features(cut, fbank, float(ec["tail_s"]), float(ec["max_wait_s"]))
         trace = stream_decisions(rt, feats, chunk, int(ec["beam"]), eoq, to_words, shift, window, stop_s,
                                  float(ec["vad_margin_db"]), float(ec["support_s"]), float(ec["beam_temperature"]),
-                                 encode_once=True, max_sym_per_frame=int(ec.get("max_sym_per_frame", 1)))
+                                 encode_once=True, max_sym_per_frame=int(ec["max_sym_per_frame"]))
         out.append(Stream(cut.id, cut.supervisions[0].text or "", speech_end(cut), trace))
     return out
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import BIASING_SPLITS, PAUSE_SPLITS
 from . import tts
 from .render import render_marked
-from .text import Inventory, LongTailGenerator, RareRequestGenerator, RequestGenerator, build_inventory
+from .text import Inventory, RareRequestGenerator, RequestGenerator, build_inventory, long_tail_generator
 from .workers import run_fresh, worker_pool
 
 SPLITS = ("train", "unlabeled", "dev", "test", "test_noisy", "test_rare", "dev_pause", "test_pause") + BIASING_SPLITS
@@ -146,7 +146,7 @@ def iter_split_specs(
         rare = RareRequestGenerator(
             common, int(inv.get("rare_contact_min_rank", 20000)), int(cfg.get("context_size", 12))
         )
-        gen = rare if split in RARE_SPLITS else LongTailGenerator(
+        gen = rare if split in RARE_SPLITS else long_tail_generator(
             common, rare, float(cfg["long_tail"].get("contact_prob", 0.0)))
     i = 0
     while True:

@@ -8,6 +8,7 @@ resources/request_templates.txt (edgeasr.data.synthetic.templates).
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -447,33 +448,30 @@ class RareRequestGenerator:
         return self.common._finish(body, family, rng, entity=entity, context=context)
 
 
-class LongTailGenerator(RequestGenerator):
-    """The common generator whose contacts are, with probability ``contact_prob``, a long-tail name
-    instead of one from the address-book inventory: census first names ranked 125–1,000 and surnames
-    ranked up to ``min_rank`` that are neither inventory nor rare-split words.
+def long_tail_generator(common: RequestGenerator, rare: RareRequestGenerator, contact_prob: float) -> RequestGenerator:
+    """``common`` whose contacts are, with probability ``contact_prob``, a long-tail name instead of
+    one from the address-book inventory: census first names ranked 125–1,000 and surnames ranked up
+    to ``rare.min_rank`` that are neither inventory nor rare-split words.
 
     For training splits only. A real corpus holds thousands of names said once; the inventory's
     250 recurring ones teach a model to recognise those names whole, not to spell a new one, so a
-    shallow-fusion boost has nothing to boost (NOTES.md). ``test_rare``'s names stay unseen: its
-    surnames rank above ``min_rank`` and its first names below 1,000, and shared strings are dropped.
+    shallow-fusion boost has nothing to boost. ``test_rare``'s names stay unseen: its surnames rank
+    above ``min_rank`` and its first names below 1,000, and shared strings are dropped.
     """
+    if not 0.0 <= contact_prob <= 1.0:
+        raise ValueError(f"long_tail.contact_prob {contact_prob} must lie in [0, 1]")
+    held_out = set(rare._firsts) | set(rare._lasts) | {w for q in rare._qualifiers for w in q.split()}
+    vocab = common.vocabulary()
+    firsts = [n for n in census_names("first")[:1000] if n not in vocab and n not in held_out]
+    held_out |= set(census_names("last", rare.min_rank))  # test_rare's surname pool, before its filters
+    lasts = [n for n in census_names("last") if n not in vocab and n not in held_out and len(n) >= 3]
+    inventory_contact = common.slots["contact"]
 
-    def __init__(self, common: RequestGenerator, rare: RareRequestGenerator, contact_prob: float):
-        self.__dict__.update(common.__dict__)
-        self.slots = dict(common.slots)
-        held_out = set(rare._firsts) | set(rare._lasts) | {w for q in rare._qualifiers for w in q.split()}
-        vocab = common.vocabulary()
-        firsts = [n for n in census_names("first")[:1000] if n not in vocab and n not in held_out]
-        held_out |= set(census_names("last", rare.min_rank))  # test_rare's surname pool, before its filters
-        lasts = [n for n in census_names("last") if n not in vocab and n not in held_out and len(n) >= 3]
-        if not 0.0 <= contact_prob <= 1.0:
-            raise ValueError(f"long_tail.contact_prob {contact_prob} must lie in [0, 1]")
-        self.tail_firsts, self.tail_lasts, self.contact_prob = firsts, lasts, float(contact_prob)
-        inventory_contact = common.slots["contact"]
+    def contact(rng: np.random.Generator) -> str:
+        if rng.random() < contact_prob:
+            return f"{firsts[rng.integers(len(firsts))]} {lasts[rng.integers(len(lasts))]}"
+        return inventory_contact(rng)
 
-        def contact(rng: np.random.Generator) -> str:
-            if rng.random() < self.contact_prob:
-                return f"{firsts[rng.integers(len(firsts))]} {lasts[rng.integers(len(lasts))]}"
-            return inventory_contact(rng)
-
-        self.slots["contact"] = contact
+    gen = copy.copy(common)  # shares the templates and samplers; only the contact slot differs
+    gen.slots = {**common.slots, "contact": contact}
+    return gen
