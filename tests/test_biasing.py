@@ -161,3 +161,14 @@ def test_attention_biaser_starts_as_identity_masks_padding_and_is_frame_local():
     assert torch.allclose(alone[0, 1], padded[0, 2], atol=1e-6)
     with pytest.raises(ValueError, match="divisible"):
         ContextBiaser(V, 16, dim=10, heads=4)
+
+
+def test_a_context_that_is_not_a_list_of_phrases_is_left_out_and_logged(caplog):
+    from edgeasr.stages.evaluate_biasing import SplitLists
+
+    good = _cut("a", "call ann lee", entity="ann lee", context=["ann lee", "bo wu"])
+    bad = _cut("b", "call cy do", entity="cy do", context="cy do")     # a string, not a list
+    with caplog.at_level("WARNING"):
+        sl = SplitLists.from_cuts([good, bad])
+    assert sl.user_phrases == ["ann lee", "bo wu"]
+    assert "1 cuts' custom 'context' is not a list of phrases" in caplog.text and "b" in caplog.text

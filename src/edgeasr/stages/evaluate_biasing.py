@@ -71,9 +71,20 @@ class SplitLists:
 
     @classmethod
     def from_cuts(cls, cuts) -> "SplitLists":
+        """A context list that is not a list of text (a manifest from elsewhere) is left out, counted
+        and named in the log."""
         cuts = list(cuts)
-        user = sorted({p for c in cuts for p in ((c.supervisions[0].custom or {}).get("context") or [])})
-        return cls({c.id: c.supervisions[0].text or "" for c in cuts}, {c.id: entities(c) for c in cuts}, user)
+        user, bad = set(), []
+        for c in cuts:
+            ctx = (c.supervisions[0].custom or {}).get("context")
+            if isinstance(ctx, list) and all(isinstance(p, str) for p in ctx):
+                user.update(ctx)
+            elif ctx is not None:
+                bad.append(c.id)
+        if bad:
+            log.warning("biasing: %d cuts' custom 'context' is not a list of phrases, left out of the pool: %s",
+                        len(bad), ", ".join(bad[:5]))
+        return cls({c.id: c.supervisions[0].text or "" for c in cuts}, {c.id: entities(c) for c in cuts}, sorted(user))
 
 
 @dataclass(frozen=True)
