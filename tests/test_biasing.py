@@ -172,3 +172,50 @@ def test_a_context_that_is_not_a_list_of_phrases_is_left_out_and_logged(caplog):
         sl = SplitLists.from_cuts([good, bad])
     assert sl.user_phrases == ["ann lee", "bo wu"]
     assert "1 cuts' custom 'context' is not a list of phrases" in caplog.text and "b" in caplog.text
+
+
+def test_transducer_with_biaser_trains_and_no_list_equals_empty_list():
+    from edgeasr.models import build_transducer
+    from edgeasr.models.biasing import PhraseBatch
+    from edgeasr.models.io import load_model, save_model
+
+    cfg = dict(vocab_size=V, joiner_dim=16, biaser=dict(dim=8, heads=2),
+               encoder=dict(type="lstm", input_dim=20, hidden=16, num_layers=1, subsampling_channels=4, dropout=0.0),
+               predictor=dict(type="stateless", embed_dim=8, context_size=2))
+    torch.manual_seed(0)
+    model = build_transducer(cfg)
+    x, x_lens = torch.randn(2, 40, 20), torch.tensor([40, 31])
+    y = [[3, 4, 5], [6]]
+    pb = PhraseBatch.collate([[[3, 4, 5], [9]], []])
+    torch.nn.init.normal_(model.biaser.out.weight)
+    out = model(x, x_lens, y, phrases=pb)
+    out["loss"].backward()
+    assert model.biaser.embed.weight.grad.abs().sum() > 0           # the phrase encoder learns through the loss
+    enc_none, _ = model.encode(x, x_lens)
+    enc_empty, _ = model.encode(x, x_lens, PhraseBatch.empty(2))
+    enc_list, _ = model.encode(x, x_lens, pb)
+    assert torch.equal(enc_none, enc_empty) and not torch.allclose(enc_list[0], enc_none[0])
+    assert torch.allclose(enc_list[1], enc_none[1], atol=1e-6)      # the other utterance's list is its own
+    with pytest.raises(ValueError, match="no attention biaser"):
+        build_transducer({**cfg, "biaser": None}).encode(x, x_lens, pb)
+
+
+def test_training_context_lists_hold_own_slot_values_and_are_a_function_of_step_and_cut():
+    from edgeasr.training.contexts import TrainingContexts
+
+    pool = [f"name {i}" for i in range(50)] + ["jazz", "now"]
+    ctx = TrainingContexts(pool, lambda s: [len(w) for w in s.split()], max_distractors=5, empty_prob=0.3, seed=3)
+    texts, classes, ids = ["play jazz by miles davis", None, "call name 7 now"], ["cscss", None, "cssc"], ["a", "b", "c"]
+    lists = ctx.lists(texts, classes, ids, step=11)
+    assert lists == ctx.lists(texts, classes, ids, step=11)          # resumed runs draw the same lists
+    assert lists != ctx.lists(texts, classes, ids, step=12) or lists != ctx.lists(texts, classes, ids, step=13)
+    many = [ctx.lists(texts, classes, ids, step=s) for s in range(200)]
+    own = sum({"jazz", "miles davis"} <= set(x[0]) for x in many) / 200
+    assert 0.6 < own < 0.8                                           # empty_prob 0.3 leaves them out
+    assert all(len(x[0]) <= 2 + 5 and len(x[1]) <= 5 for x in many)
+    assert not any("now" in x[2] for x in many)                      # never a distractor the utterance says
+    assert any("now" in x[0] for x in many)
+    pb = ctx.phrases({"texts": texts, "word_classes": classes, "cut_ids": ids}, step=11)
+    assert pb.ids.shape[0] == 3 and int((pb.lens > 0).sum()) == sum(len(x) for x in lists)
+    with pytest.raises(ValueError, match="empty_prob"):
+        TrainingContexts(pool, str.split, empty_prob=1.5)

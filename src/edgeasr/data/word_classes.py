@@ -101,3 +101,13 @@ def slot_runs(text: str, classes: str | None) -> list[str]:
             runs.append(" ".join(cur))
             cur = []
     return runs + ([" ".join(cur)] if cur else [])
+
+
+def cut_entities(cut) -> list[str]:
+    """A cut's true context phrases: its named rare entity (``custom["entity"]``), else each run of
+    slot words, first occurrence first."""
+    sup = cut.supervisions[0]
+    custom = sup.custom or {}
+    if custom.get("entity"):
+        return [str(custom["entity"])]
+    return list(dict.fromkeys(slot_runs(sup.text or "", custom.get("word_classes"))))

@@ -40,6 +40,11 @@ class PhraseBatch:
                 lens[i, j] = len(ph)
         return cls(ids.to(device), lens.to(device))
 
+    @classmethod
+    def empty(cls, n: int, device=None) -> "PhraseBatch":
+        """``n`` utterances without a list (only the "no bias" entry is attended)."""
+        return cls.collate([[] for _ in range(n)], device)
+
 
 class ContextBiaser(nn.Module):
     """``forward(enc (N, T, J), phrases) -> enc' (N, T, J)``; ``attention(...)`` also gives the

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchaudio.functional as taf
 from torch import nn
 
+from .biasing import ContextBiaser, PhraseBatch
 from .encoders import ConformerEncoder, LstmEncoder
 from .joiner import Joiner
 from .predictor import LstmPredictor, StatelessPredictor
@@ -31,9 +32,14 @@ class Transducer(nn.Module):
     Labels: ``y`` is either a list of token-id lists (no blank, no SOS) or a padded (N, U) tensor
     with ``y_lens``. The CTC head (``ctc_weight > 0``) is a Linear on the encoder output; it only
     shapes the encoder during training and is not exported.
+
+    An optional ``biaser`` (:class:`~edgeasr.models.biasing.ContextBiaser`) lets the encoder output
+    attend over the user's list of phrases (``phrases``, a :class:`PhraseBatch`); without a list it
+    attends to its "no bias" entry only, so no list and an empty list are the same model.
     """
 
-    def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner, blank_id: int = 0, ctc_weight: float = 0.0):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner, blank_id: int = 0, ctc_weight: float = 0.0,
+                 biaser: ContextBiaser | None = None):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
@@ -42,10 +48,19 @@ class Transducer(nn.Module):
         self.vocab_size = joiner.vocab_size
         self.ctc_weight = float(ctc_weight)
         self.ctc_head = nn.Linear(encoder.output_dim, joiner.vocab_size) if ctc_weight > 0 else None
+        self.biaser = biaser
 
-    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (N, T, F) features, x_lens: (N,) -> encoder_out (N, T', J), encoder_out_lens (N,)."""
-        return self.encoder(x, x_lens)
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor,
+               phrases: PhraseBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (N, T, F) features, x_lens: (N,) -> encoder_out (N, T', J), encoder_out_lens (N,).
+
+        ``phrases``: each utterance's context list, for a model with a biaser (else refused)."""
+        enc, lens = self.encoder(x, x_lens)
+        if self.biaser is not None:
+            enc = self.biaser(enc, phrases if phrases is not None else PhraseBatch.empty(x.size(0), enc.device))
+        elif phrases is not None:
+            raise ValueError("this model has no attention biaser: build it with `biaser: {dim, heads}` to pass phrase lists")
+        return enc, lens
 
     def _labels(self, y: Labels, y_lens: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(y, torch.Tensor):
@@ -87,16 +102,16 @@ class Transducer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, x_lens: torch.Tensor, y: Labels, y_lens: torch.Tensor | None = None,
-        return_logits: bool = False,
+        return_logits: bool = False, phrases: PhraseBatch | None = None,
     ) -> dict[str, Any]:
         """Returns a dict of SUMS over the batch:
 
         ``loss = rnnt_loss + ctc_weight * ctc_loss``, ``rnnt_loss``, ``ctc_loss`` (0 without a head),
         and ``num_utts``, ``num_frames`` (encoder frames), ``num_tokens`` as ints to normalise by.
         ``return_logits`` adds ``logits`` (N, T', U+1, V), ``enc_out``, ``enc_lens``, ``y``, ``y_lens``
-        (for distillation).
+        (for distillation). ``phrases``: context lists for the biaser (see :meth:`encode`).
         """
-        enc_out, enc_lens = self.encode(x, x_lens)
+        enc_out, enc_lens = self.encode(x, x_lens, phrases)
         y, y_lens = self._labels(y, y_lens, enc_out.device)
         logits = self.joint(enc_out, y, y_lens)
         rnnt = self._rnnt(logits, enc_lens, y, y_lens, "sum")
@@ -136,6 +151,7 @@ def build_transducer(cfg: Mapping[str, Any]) -> Transducer:
                    {type: conformer, d_model: 256, num_layers: 8, num_heads: 4, ffn_dim: 1024, ...}
         predictor: {type: stateless, embed_dim: 320, context_size: 2}
                    {type: lstm, embed_dim: 320, hidden: 320, num_layers: 1}
+        biaser:    {dim: 64, heads: 2}   # optional attention biaser (null or absent: none)
 
     Remaining encoder/predictor keys go to the constructors; ``output_dim`` comes from ``joiner_dim``.
     """
@@ -151,7 +167,9 @@ def build_transducer(cfg: Mapping[str, Any]) -> Transducer:
         raise ValueError(f"predictor.type must be one of {sorted(_PREDICTORS)}, got {pred_type!r}")
     encoder = _ENCODERS[enc_type](**enc_cfg, output_dim=joiner_dim)
     predictor = _PREDICTORS[pred_type](vocab_size=vocab_size, **pred_cfg, output_dim=joiner_dim, blank_id=blank_id)
-    return Transducer(encoder, predictor, Joiner(joiner_dim, vocab_size), blank_id, float(cfg.get("ctc_weight", 0.0)))
+    bias_cfg = cfg.get("biaser")
+    biaser = ContextBiaser(vocab_size, joiner_dim, **dict(bias_cfg)) if bias_cfg else None
+    return Transducer(encoder, predictor, Joiner(joiner_dim, vocab_size), blank_id, float(cfg.get("ctc_weight", 0.0)), biaser)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

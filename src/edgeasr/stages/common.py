@@ -19,10 +19,12 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from edgeasr.compression.actquant import float_view
 from edgeasr.data.datamodule import AsrDataModule
+from edgeasr.data.word_classes import cut_entities
 from edgeasr.evaluation import evaluate_splits, model_metrics
 from edgeasr.models import build_transducer
 from edgeasr.tracking import StageRun
 from edgeasr.training import TransducerLitModule
+from edgeasr.training.contexts import TrainingContexts
 from edgeasr.training.callbacks import LastCheckpoint, LearningCurve, RngState, Throughput
 
 log = logging.getLogger(__name__)
@@ -146,10 +148,23 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
 
 def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
     """``cls`` (default :class:`TransducerLitModule`) with the section's optimizer, schedule and
-    SpecAugment; ``kwargs`` go to ``cls`` (e.g. ``best_after_step``, distillation weights)."""
+    SpecAugment; ``kwargs`` go to ``cls`` (e.g. ``best_after_step``, distillation weights). A model
+    with an attention biaser trains on the section's ``context_lists``."""
+    if getattr(model, "biaser", None) is not None:
+        kwargs.setdefault("contexts", training_contexts(dm, section))
     return (cls or TransducerLitModule)(
         model, dm.tokenizer.decode, section.optimizer, {**section.scheduler, "total_steps": int(section.max_steps)},
         OmegaConf.to_container(section.specaug) if section.specaug else None, **kwargs)
+
+
+def training_contexts(dm, section: DictConfig) -> TrainingContexts:
+    """Context lists over the slot values of the section's training splits (the distractor pool)."""
+    if not section.get("context_lists"):
+        raise ValueError("the model has an attention biaser but the stage section has no `context_lists: "
+                         "{max_distractors, empty_prob}` to train it with")
+    pool = sorted({p for split in section.train_splits for c in dm.cuts(split) for p in cut_entities(c) if c.supervisions})
+    log.info("attention biaser: %d distinct slot values from %s as distractors", len(pool), list(section.train_splits))
+    return TrainingContexts.from_config(section.context_lists, pool, dm.tokenizer.encode, dm.seed)
 
 
 def decoding_meta(section: DictConfig) -> dict:

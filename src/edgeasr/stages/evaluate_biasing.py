@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 
 from edgeasr.data.features import KaldiFbank, KaldiFbankConfig
 from edgeasr.data.tokenizer import Tokenizer
-from edgeasr.data.word_classes import slot_runs
+from edgeasr.data.word_classes import cut_entities as entities
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.runtime import load_student
@@ -94,15 +94,6 @@ class Source:
 
     manifest: str
     stored: bool
-
-
-def entities(cut) -> list[str]:
-    """The utterance's true list phrases: its named rare entity, else each run of slot words."""
-    sup = cut.supervisions[0]
-    custom = sup.custom or {}
-    if custom.get("entity"):
-        return [str(custom["entity"])]
-    return list(dict.fromkeys(slot_runs(sup.text or "", custom.get("word_classes"))))
 
 
 def _occurs(phrase: str, text: str) -> bool:

@@ -59,12 +59,17 @@ class TransducerLitModule(pl.LightningModule):
         scheduler: ``{warmup_steps, total_steps, final_ratio}``.
         specaug: kwargs of :class:`SpecAugment` or ``None``.
         best_after_step: validations before this step never count as the best checkpoint.
+        contexts: for a model with an attention biaser, the training context lists
+            (:class:`~edgeasr.training.contexts.TrainingContexts`); validation decodes without a list.
     """
 
     def __init__(self, model: nn.Module, decode_text: Callable[[Sequence[int]], str],
                  optimizer: Mapping[str, Any], scheduler: Mapping[str, Any],
-                 specaug: Mapping[str, Any] | None = None, best_after_step: int = 0):
+                 specaug: Mapping[str, Any] | None = None, best_after_step: int = 0, contexts=None):
         super().__init__()
+        if contexts is not None and getattr(model, "biaser", None) is None:
+            raise ValueError("training context lists were given for a model without an attention biaser")
+        self.contexts = contexts
         # Checkpoint selection ("val/wer_select", which ModelCheckpoint monitors) ignores
         # validations before this step, e.g. while pruning is still removing weights.
         self.best_after_step = int(best_after_step)
@@ -83,7 +88,8 @@ class TransducerLitModule(pl.LightningModule):
         x, x_lens = batch["features"], batch["feature_lens"]
         if self.specaug is not None:
             x = self.specaug(x)
-        out = self.model(x, x_lens, batch["tokens"], return_logits=self.needs_logits)
+        phrases = self.contexts.phrases(batch, self.global_step, x.device) if self.contexts is not None else None
+        out = self.model(x, x_lens, batch["tokens"], return_logits=self.needs_logits, phrases=phrases)
         n = out["num_utts"]
         extra = self.extra_losses(batch, out)  # summed over the batch, like out["loss"]
         loss = (out["loss"] + sum(extra.values(), out["loss"].new_zeros(()))) / n
