@@ -177,7 +177,6 @@ def test_a_context_that_is_not_a_list_of_phrases_is_left_out_and_logged(caplog):
 def test_transducer_with_biaser_trains_and_no_list_equals_empty_list():
     from edgeasr.models import build_transducer
     from edgeasr.models.biasing import PhraseBatch
-    from edgeasr.models.io import load_model, save_model
 
     cfg = dict(vocab_size=V, joiner_dim=16, biaser=dict(dim=8, heads=2),
                encoder=dict(type="lstm", input_dim=20, hidden=16, num_layers=1, subsampling_channels=4, dropout=0.0),

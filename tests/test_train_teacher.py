@@ -108,3 +108,18 @@ def test_convergence_harness_sweep_writes_curves_under_one_parent(teacher_root):
     assert {r.data.params["train_teacher.optimizer.lr"] for r in trials} == {"0.001", "0.003"}
     assert {r.data.params["trainer.num_threads"] for r in trials} == {"1"}
     assert "sweep/curves.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
+
+
+def test_tiny_teacher_with_an_attention_biaser_trains_on_context_lists(teacher_root):
+    import torch
+
+    from edgeasr.models.biasing import PhraseBatch
+    from edgeasr.models.io import load_model
+
+    report = _run(["model.teacher.biaser={dim: 16, heads: 2}", "train_teacher.context_lists.max_distractors=5"])
+    assert 0 <= report["wer/test"] < 1000 and report["train_steps"] == 30
+    model, meta = load_model(teacher_root / "data/train_teacher/model.pt")
+    assert meta["model_cfg"]["biaser"] == {"dim": 16, "heads": 2} and model.biaser is not None
+    assert model.biaser.out.weight.abs().sum() > 0                 # it learned from zero
+    x, lens = torch.randn(1, 60, 80), torch.tensor([60])
+    assert not torch.equal(model.encode(x, lens)[0], model.encode(x, lens, PhraseBatch.collate([[[5, 6]]]))[0])
