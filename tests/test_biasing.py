@@ -218,3 +218,16 @@ def test_training_context_lists_hold_own_slot_values_and_are_a_function_of_step_
     assert pb.ids.shape[0] == 3 and int((pb.lens > 0).sum()) == sum(len(x) for x in lists)
     with pytest.raises(ValueError, match="empty_prob"):
         TrainingContexts(pool, str.split, empty_prob=1.5)
+
+
+def test_export_refuses_a_model_with_an_attention_biaser(tmp_path):
+    from edgeasr.export.container import ExportFormatError
+    from edgeasr.export.student import export_student
+    from edgeasr.models import build_transducer
+
+    cfg = dict(vocab_size=V, joiner_dim=16, biaser=dict(dim=8, heads=2),
+               encoder=dict(type="lstm", input_dim=20, hidden=16, num_layers=1, subsampling_channels=4, dropout=0.0),
+               predictor=dict(type="stateless", embed_dim=8, context_size=2))
+    with pytest.raises(ExportFormatError, match="attention biaser.*model.student.biaser=null"):
+        export_student(build_transducer(cfg), {"model_cfg": cfg}, ["<blk>"], tmp_path / "s.edgeasr")
+    assert not (tmp_path / "s.edgeasr").exists()

@@ -53,7 +53,7 @@ def test_dvc_params_lists_are_the_declared_stage_params():
 def test_logged_params_select_the_declared_keys():
     cfg = compose(["experiment=tiny"])
     teacher = logged_params("train_teacher", cfg)
-    assert set(teacher) == {"seed", "model", "trainer", "hw", "train_teacher"} and list(teacher["model"]) == ["teacher"]
+    assert set(teacher) == {"seed", "model", "trainer", "hw", "train_teacher", "context_lists"} and list(teacher["model"]) == ["teacher"]
     assert teacher["model"]["teacher"]["encoder"]["d_model"] == 64
     assert logged_params("reference", cfg)["data"] == {"text_normalization": "basic"}
     assert set(logged_params("prepare", cfg)) == {"seed", "data", "prepare"}  # paths.data_dir is not logged

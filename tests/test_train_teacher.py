@@ -116,8 +116,11 @@ def test_tiny_teacher_with_an_attention_biaser_trains_on_context_lists(teacher_r
     from edgeasr.models.biasing import PhraseBatch
     from edgeasr.models.io import load_model
 
-    report = _run(["model.teacher.biaser={dim: 16, heads: 2}", "train_teacher.context_lists.max_distractors=5"])
+    report = _run(["model.teacher.biaser={dim: 16, heads: 2}", "context_lists.max_distractors=5"])
     assert 0 <= report["wer/test"] < 1000 and report["train_steps"] == 30
+    # the cost model counts it: its bytes in the size, its MACs per frame and per list entry in the latency
+    assert report["params"] > report["biaser_params"] > 0
+    assert report["emulated_latency_ms/list100"] > report["emulated_latency_ms/list10"] > report["emulated_latency_ms"]
     model, meta = load_model(teacher_root / "data/train_teacher/model.pt")
     assert meta["model_cfg"]["biaser"] == {"dim": 16, "heads": 2} and model.biaser is not None
     assert model.biaser.out.weight.abs().sum() > 0                 # it learned from zero

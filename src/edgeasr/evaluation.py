@@ -15,9 +15,15 @@ from edgeasr.emulator.transducer import transducer_latency
 from edgeasr.metrics import WerAccumulator
 
 
+BIASER_LIST_SIZES = (10, 100)  # list sizes whose emulated latency a biased model reports
+
+
 def deployable(model: nn.Module) -> nn.Module:
     """The parts that ship to a device (the CTC head only shapes training)."""
-    return nn.ModuleDict({"encoder": model.encoder, "predictor": model.predictor, "joiner": model.joiner})
+    parts = {"encoder": model.encoder, "predictor": model.predictor, "joiner": model.joiner}
+    if getattr(model, "biaser", None) is not None:
+        parts["biaser"] = model.biaser
+    return nn.ModuleDict(parts)
 
 
 @torch.inference_mode()
@@ -90,7 +96,9 @@ def median_utterance(cuts, tokenizer) -> tuple[float, int, int]:
 def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, bits: int = 32,
                   chunk_frames: int | None = None) -> tuple[dict[str, float], Any]:
     """``sparsity``, ``size_bytes`` (at ``bits``), ``emulated_latency_ms`` and ``emulated_rtf`` for the
-    median-length utterance of ``cuts``, and the parameter count; plus the full cost report."""
+    median-length utterance of ``cuts``, and the parameter count; plus the full cost report. A model
+    with an attention biaser also gets ``emulated_latency_ms/list<N>`` for lists of N phrases (the
+    main figure is without a list) and ``biaser_params``."""
     dev = deployable(model)
     dur, frames, tokens = median_utterance(cuts, tokenizer)
     was_training = model.training
@@ -103,4 +111,11 @@ def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, 
         "emulated_rtf": round(report.total_s / dur, 6),
         "params": int(sum(p.numel() for p in dev.parameters())),
     }
+    if getattr(model, "biaser", None) is not None:
+        metrics["biaser_params"] = int(sum(p.numel() for p in model.biaser.parameters()))
+        for n in BIASER_LIST_SIZES:
+            with_list = transducer_latency(model, HwProfile.from_cfg(hw_cfg), frames, tokens, bits=bits,
+                                           chunk_frames=chunk_frames, context_phrases=n)
+            metrics[f"emulated_latency_ms/list{n}"] = round(with_list.total_s * 1000.0, 4)
+        model.train(was_training)
     return metrics, report

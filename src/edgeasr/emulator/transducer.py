@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from edgeasr.models.biasing import PhraseBatch
+
 from .cost import CostReport, estimate
 from .hw import HwProfile
 from .profile import profile_layers
@@ -33,6 +35,8 @@ def transducer_latency(
     feature_dim: int = 80,
     context_size: int | None = None,
     blank_id: int = 0,
+    context_phrases: int = 0,
+    phrase_tokens: int = 4,
 ) -> CostReport:
     """Roofline latency of decoding one utterance of `num_input_frames` feature frames into `num_tokens` tokens.
 
@@ -51,6 +55,10 @@ def transducer_latency(
         and even then the MAC array re-reads them from SRAM every step.
     placement 'greedy' (default here) pins the most-read layers (the decoder) in SRAM when the whole model
     does not fit, as an NPU compiler would; 'model' is estimate()'s all-or-nothing rule.
+    A model with an attention biaser (``model.biaser``) runs it on the encoder output with a list of
+    ``context_phrases`` phrases of ``phrase_tokens`` tokens: per frame its query/output projections
+    and the attention over the list; the list's encoding (BLSTM, key/value projections) counted once
+    per utterance, an upper bound (a device encodes a list once, when it changes).
     report.meta holds the frame/token/chunk counts. Callers: emulated_latency_ms = total_s * 1000,
     emulated_rtf = total_s / (num_input_frames * frame shift).
     """
@@ -67,8 +75,16 @@ def transducer_latency(
     x_lens = torch.tensor([num_input_frames], device=p0.device)
     meta: dict = {"num_input_frames": int(num_input_frames), "requested_tokens": int(num_tokens)}
 
+    biaser = getattr(model, "biaser", None)
+    if biaser is not None:
+        phrases = PhraseBatch.collate([[[1 + (i + j) % 7 for j in range(phrase_tokens)] for i in range(context_phrases)]],
+                                      p0.device)
+        meta["context_phrases"] = int(context_phrases)
+
     def decode() -> None:
         out, out_lens = encoder(x, x_lens)
+        if biaser is not None:
+            out = biaser(out, phrases)
         frames = int(out_lens[0]) if out_lens is not None else out.shape[1]
         frames = min(frames, out.shape[1])
         tokens = min(num_tokens, frames)
@@ -112,7 +128,8 @@ def transducer_latency(
 
     chunks = math.ceil(num_input_frames / chunk_frames) if chunk_frames else 1
     meta.update(chunks=chunks, chunk_frames=int(chunk_frames) if chunk_frames else 0)
-    passes = {r.name: (chunks if r.name.startswith("encoder.") or r.name == "encoder" else max(r.calls, 1))
+    passes = {r.name: (chunks if r.name.startswith(("encoder.", "biaser.")) or r.name in ("encoder", "biaser")
+                       else max(r.calls, 1))
               for r in records}
     report = estimate(records, model, hw, bits=bits, sparse_format=sparse_format, layer_passes=passes,
                       placement=placement)

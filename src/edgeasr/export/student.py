@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from edgeasr.quantspec import read_spec
 
-from .container import write_container
+from .container import ExportFormatError, write_container
 from .torch_records import records_from_model
 
 FORMAT_NAME = "edgeasr-student"
@@ -26,6 +26,11 @@ def export_student(model, meta: Mapping[str, Any], tokens: Sequence[str], path: 
     """``model``: a plain compressed student (weights on the grid, pruned entries 0); ``meta``: its
     model-file meta (``model_cfg``, ``compression``: the spec, with activation quantization).
     Returns the file size in bytes."""
+    if getattr(model, "biaser", None) is not None or (meta.get("model_cfg") or {}).get("biaser"):
+        raise ExportFormatError(
+            f"the model exported to {path} has an attention biaser (model_cfg.biaser), which the integer "
+            "runtime does not run yet: export a student trained with `model.student.biaser=null` and bias it "
+            "with shallow fusion (`--context`)")
     spec = read_spec(meta, f"the model exported to {path}", need="export")
     header = {"format": FORMAT_NAME, "model_cfg": dict(meta["model_cfg"]), **spec.header_fields(),
               "tokens": list(tokens), "runtime": "docs/integer_runtime.md", **(extra or {})}

@@ -100,6 +100,8 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     if model is None:
         model = build_transducer({**OmegaConf.to_container(model_cfg, resolve=True), "vocab_size": dm.tokenizer.vocab_size})
     lit = (lit_factory or default_lit)(model, dm, section)
+    if getattr(model, "biaser", None) is not None and lit.contexts is None:  # trained with the recognizer
+        lit.contexts = training_contexts(dm, section, cfg.context_lists)
 
     ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
     fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg) + fingerprint_extra + name
@@ -148,23 +150,18 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
 
 def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
     """``cls`` (default :class:`TransducerLitModule`) with the section's optimizer, schedule and
-    SpecAugment; ``kwargs`` go to ``cls`` (e.g. ``best_after_step``, distillation weights). A model
-    with an attention biaser trains on the section's ``context_lists``."""
-    if getattr(model, "biaser", None) is not None:
-        kwargs.setdefault("contexts", training_contexts(dm, section))
+    SpecAugment; ``kwargs`` go to ``cls`` (e.g. ``best_after_step``, distillation weights)."""
     return (cls or TransducerLitModule)(
         model, dm.tokenizer.decode, section.optimizer, {**section.scheduler, "total_steps": int(section.max_steps)},
         OmegaConf.to_container(section.specaug) if section.specaug else None, **kwargs)
 
 
-def training_contexts(dm, section: DictConfig) -> TrainingContexts:
-    """Context lists over the slot values of the section's training splits (the distractor pool)."""
-    if not section.get("context_lists"):
-        raise ValueError("the model has an attention biaser but the stage section has no `context_lists: "
-                         "{max_distractors, empty_prob}` to train it with")
+def training_contexts(dm, section: DictConfig, lists: DictConfig) -> TrainingContexts:
+    """Context lists (``lists``: the config's ``context_lists``) over the slot values of the
+    section's training splits (the distractor pool)."""
     pool = sorted({p for split in section.train_splits for c in dm.cuts(split) for p in cut_entities(c) if c.supervisions})
     log.info("attention biaser: %d distinct slot values from %s as distractors", len(pool), list(section.train_splits))
-    return TrainingContexts.from_config(section.context_lists, pool, dm.tokenizer.encode, dm.seed)
+    return TrainingContexts.from_config(lists, pool, dm.tokenizer.encode, dm.seed)
 
 
 def decoding_meta(section: DictConfig) -> dict:

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "paths.data_dir", "data", "prepare"),
-    "train_teacher": ("seed", "model.teacher", "trainer", "hw", "train_teacher"),
-    "distill": ("seed", "model.student", "trainer", "hw", "distill"),
-    "compress": ("seed", "trainer", "hw", "compress"),
-    "mwer": ("seed", "trainer", "hw", "mwer"),
+    "train_teacher": ("seed", "model.teacher", "trainer", "hw", "train_teacher", "context_lists"),
+    "distill": ("seed", "model.student", "trainer", "hw", "distill", "context_lists"),
+    "compress": ("seed", "trainer", "hw", "compress", "context_lists"),
+    "mwer": ("seed", "trainer", "hw", "mwer", "context_lists"),
     "export": ("seed", "hw", "export"),
     "train_lm": ("seed", "data", "trainer", "train_lm"),
     "reference": ("seed", "data.text_normalization", "reference"),

@@ -88,8 +88,9 @@ class TransducerLitModule(pl.LightningModule):
         x, x_lens = batch["features"], batch["feature_lens"]
         if self.specaug is not None:
             x = self.specaug(x)
-        phrases = self.contexts.phrases(batch, self.global_step, x.device) if self.contexts is not None else None
-        out = self.model(x, x_lens, batch["tokens"], return_logits=self.needs_logits, phrases=phrases)
+        if self.contexts is not None:  # the step's lists, also for subclasses' extra losses
+            batch = {**batch, "phrases": self.contexts.phrases(batch, self.global_step, x.device)}
+        out = self.model(x, x_lens, batch["tokens"], return_logits=self.needs_logits, phrases=batch.get("phrases"))
         n = out["num_utts"]
         extra = self.extra_losses(batch, out)  # summed over the batch, like out["loss"]
         loss = (out["loss"] + sum(extra.values(), out["loss"].new_zeros(()))) / n

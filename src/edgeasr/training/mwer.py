@@ -100,7 +100,7 @@ class MwerLitModule(TransducerLitModule):
         self.model.eval()
         try:
             with torch.no_grad():
-                enc, enc_lens = self.model.encode(batch["features"], batch["feature_lens"])
+                enc, enc_lens = self.model.encode(batch["features"], batch["feature_lens"], batch.get("phrases"))
                 return decode_nbest(self.model, enc, enc_lens, self.nbest)
         finally:
             self.model.train(was_training)
