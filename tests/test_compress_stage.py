@@ -62,3 +62,31 @@ def test_tiny_multirun_sweep_is_one_parent_with_a_run_per_job(student_root):
     sparsities = sorted(round(r["sparsity"], 1) for r in rows)
     assert sparsities == [0.3, 0.3, 0.6, 0.6]
     assert "sweep/pareto.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
+
+
+def test_a_student_with_an_attention_biaser_compresses_and_mwer_trains(student_root):
+    """The biaser goes through QAT + pruning and MWER like the rest (PyTorch); export refuses it."""
+    import torch
+
+    from edgeasr.export.container import ExportFormatError
+    from edgeasr.models import build_transducer
+    from edgeasr.models.io import load_model, save_model
+    from edgeasr.stages.compress import run
+    from edgeasr.stages.export import run as export_run
+    from edgeasr.stages.mwer import run as mwer_run
+
+    _, meta = load_model(student_root / "data/distill/model.pt")
+    model_cfg = {**meta["model_cfg"], "biaser": {"dim": 16, "heads": 2}}
+    torch.manual_seed(0)
+    save_model(student_root / "data/distill/model.pt", build_transducer(model_cfg), model_cfg, meta={"stage": "distill"})
+    cfg = compose(["experiment=tiny", "trainer.progress=false"])
+    report = run(cfg)
+    assert report["biaser_params"] > 0 and abs(report["sparsity"] - 0.5) < 0.01
+    table = json.loads((student_root / "data/compress/results/layer_sparsity.json").read_text())
+    biased = [row for row in table if row["layer"].startswith("biaser.")]
+    assert {r["layer"] for r in biased} >= {"biaser.attn.out_proj.weight", "biaser.attn.in_proj_weight", "biaser.out.weight"}
+    assert all(abs(r["sparsity"] - 0.5) < 0.05 for r in biased if r["params"] > 100)
+    after = mwer_run(cfg)
+    assert after["train_steps"] > 0 and after["biaser_params"] == report["biaser_params"]
+    with pytest.raises(ExportFormatError, match="attention biaser"):
+        export_run(cfg)

@@ -65,8 +65,10 @@ class Compression:
         self.model = model
         self.bits = bits
         self.targets: list[Target] = []
-        self._by_module: dict[int, list[Target]] = {}  # id(module) -> its compressed weights
+        self._by_module: dict[int, list[Target]] = {}  # id(module that runs) -> the weights it reads
         modules: dict[int, nn.Module] = {}
+        # nn.MultiheadAttention reads its out_proj's weight without calling out_proj: hook the MHA
+        runner = {id(m.out_proj): m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
         for name, module, attr in weight_targets(model, skip):
             p = module._parameters.pop(attr)
             module.register_parameter(attr + "_orig", p)
@@ -75,8 +77,9 @@ class Compression:
             setattr(module, attr, p.detach().clone())
             t = Target(name, module, attr)
             self.targets.append(t)
-            self._by_module.setdefault(id(module), []).append(t)
-            modules[id(module)] = module
+            owner = runner.get(id(module), module)
+            self._by_module.setdefault(id(owner), []).append(t)
+            modules[id(owner)] = owner
         self._hooks = [m.register_forward_pre_hook(self._hook) for m in modules.values()]
         self.refresh()
 
@@ -86,7 +89,7 @@ class Compression:
 
     def _hook(self, module: nn.Module, args) -> None:
         for t in self._by_module[id(module)]:
-            setattr(module, t.attr, self._weight(t))
+            setattr(t.module, t.attr, self._weight(t))
 
     def refresh(self) -> None:
         """Recompute every effective weight now (callers that read weights outside a forward)."""
