@@ -121,6 +121,17 @@ def test_tiny_teacher_with_an_attention_biaser_trains_on_context_lists(teacher_r
     # the cost model counts it: its bytes in the size, its MACs per frame and per list entry in the latency
     assert report["params"] > report["biaser_params"] > 0
     assert report["emulated_latency_ms/list100"] > report["emulated_latency_ms/list10"] > report["emulated_latency_ms"]
+    # test_rare decoded four ways per list size, in the report, the CSV and MLflow; the attention drawn
+    for n in (10, 100):
+        for cond in ("none", "sf", "attn", "attn_sf"):
+            assert 0 <= report[f"attn/test_rare/list{n}/{cond}/b_wer"] < 1000
+            assert 0 <= report[f"attn/test_rare/list{n}/{cond}/recall"] <= 1
+    assert report["attn/test_rare/list10/none/wer"] == report["attn/test_rare/list100/none/wer"]  # no list: same
+    results = teacher_root / "data/train_teacher/results"
+    assert len((results / "attention_biasing.csv").read_text().splitlines()) == 1 + 2 * 4
+    client, (run, *_) = stage_runs(teacher_root, "train_teacher")
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "results")}
+    assert {"results/attention.png", "results/attention_biasing.csv"} <= arts
     model, meta = load_model(teacher_root / "data/train_teacher/model.pt")
     assert meta["model_cfg"]["biaser"] == {"dim": 16, "heads": 2} and model.biaser is not None
     assert model.biaser.out.weight.abs().sum() > 0                 # it learned from zero

@@ -27,6 +27,8 @@ from edgeasr.training import TransducerLitModule
 from edgeasr.training.contexts import TrainingContexts
 from edgeasr.training.callbacks import LastCheckpoint, LearningCurve, RngState, Throughput
 
+from .attention_report import attention_biasing
+
 log = logging.getLogger(__name__)
 
 
@@ -170,14 +172,20 @@ def decoding_meta(section: DictConfig) -> dict:
 
 
 def report_model(cfg: DictConfig, model, dm, section: DictConfig, results: Path, bits: int = 32) -> tuple[dict, object]:
-    """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model; returns
-    ``(metrics, cost_report)``."""
+    """Evaluate ``section.eval_splits`` (recogs/errs into ``results``) and the cost model, and a model
+    with an attention biaser on lists (:mod:`.attention_report`); returns ``(metrics, cost_report)``."""
     dec = section.decoding
     metrics = evaluate_splits(model, dm, section.eval_splits, results, dec.method, dec.beam, int(dec.max_sym_per_frame))
     # The MAC profiler hooks nn.LSTM calls, which the activation-quantized encoder replaces by its own loop.
     with float_view(model) as plain:
         cost_metrics, cost = model_metrics(plain, cfg.hw, dm.cuts("test"), dm.tokenizer, bits=bits)
     metrics.update(cost_metrics)
+    if getattr(model, "biaser", None) is not None:
+        attn, fig = attention_biasing(model, dm.tokenizer, Path(cfg.paths.data_dir) / "prepare" / "manifests",
+                                      cfg.context_lists.report, int(cfg.seed), results)
+        metrics.update(attn)
+        if fig is not None:
+            fig.savefig(results / "attention.png", dpi=120)
     return metrics, cost
 
 

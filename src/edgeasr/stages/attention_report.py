@@ -1,0 +1,97 @@
+"""A model trained with its attention biaser, measured in its own stage's report (issue 17, part 2).
+
+On ``context_lists.report.split`` (``test_rare``: each request names an entity the training data
+never holds) with lists of the true entity plus N distractors (``evaluate.biasing``'s lists, same
+seed), modified beam search decodes four ways: no biasing (the biaser sees no list), shallow
+fusion alone, the attention biaser alone, and both. WER / B-WER / U-WER / entity recall go into
+the report as ``attn/<split>/<condition>/<metric>``; the attention over the list is drawn for a
+few utterances (``attention.png``, an MLflow artifact).
+
+The PyTorch model decodes here: the integer runtime does not carry the biaser yet, so
+``evaluate`` (which decodes the exported student) has no attention figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from lhotse import CutSet
+from matplotlib.figure import Figure
+
+from edgeasr.decoding import ContextGraph, modified_beam_search
+from edgeasr.models.biasing import PhraseBatch
+
+from .evaluate_biasing import SplitLists, context_lists, feature_batches, score
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("none", "sf", "attn", "attn_sf")
+
+
+@torch.inference_mode()
+def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, results: Path, utts: int | None = None
+                      ) -> tuple[dict[str, float], Figure | None]:
+    """``rc``: ``{split, distractors: [N, ...], boost, end_bonus, beam, max_sym_per_frame, plot_utts}``.
+    Returns the metrics and the attention figure (None without utterances); writes
+    ``results/attention_biasing.csv``."""
+    split = str(rc["split"])
+    path = manifests / f"cuts_{split}.jsonl.gz"
+    if not path.is_file():
+        log.warning("attention biasing: %s not found; no attention figures in this report", path)
+        return {}, None
+    cuts = sorted(CutSet.from_file(path), key=lambda c: c.id)[:utts]
+    sl = SplitLists.from_cuts(cuts)
+    was_training = model.training
+    model.eval()
+    hyps: dict[tuple[int, str], dict[str, str]] = {}
+    for n in rc["distractors"]:
+        lists = context_lists(sl, int(n), seed, split)
+        for ids, feats, lens in feature_batches(cuts):
+            plain, enc_lens = model.encode(feats, lens)
+            biased, _ = model.encode(feats, lens, PhraseBatch.collate([[tok.encode(p) for p in lists[i]] for i in ids]))
+            graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, float(rc["boost"]),
+                                                float(rc["end_bonus"])) for i in ids]
+            for cond, enc, g in (("none", plain, None), ("sf", plain, graphs), ("attn", biased, None),
+                                 ("attn_sf", biased, graphs)):
+                nbest = modified_beam_search(model, enc, enc_lens, beam=int(rc["beam"]), contexts=g,
+                                             max_sym_per_frame=int(rc["max_sym_per_frame"]))
+                hyps.setdefault((int(n), cond), {}).update({i: tok.decode(nb[0].tokens) for i, nb in zip(ids, nbest)})
+    metrics, rows = {}, []
+    for (n, cond), h in sorted(hyps.items()):
+        m, _ = score(sl, h)
+        rows.append({"split": split, "distractors": n, "condition": cond, **m})
+        metrics.update({f"attn/{split}/list{n}/{cond}/{k}": v for k, v in m.items()})
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / "attention_biasing.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig = attention_figure(model, tok, cuts[: int(rc["plot_utts"])], context_lists(sl, int(rc["distractors"][0]), seed, split))
+    model.train(was_training)
+    return metrics, fig
+
+
+def attention_figure(model, tok, cuts: list, lists: Mapping[str, list[str]]) -> Figure | None:
+    """Per utterance a heat map: encoder frames x ("no bias" + its list), the attention weights
+    averaged over heads; the true entity's row is marked."""
+    if not cuts:
+        return None
+    fig = Figure(figsize=(8, 2.6 * len(cuts)))
+    axes = fig.subplots(len(cuts), 1, squeeze=False)[:, 0]
+    for ax, (ids, feats, lens) in zip(axes, (next(feature_batches([c])) for c in cuts)):
+        cid = ids[0]
+        phrases = lists[cid]
+        enc, enc_lens = model.encoder(feats, lens)
+        _, weights = model.biaser.attention(enc, PhraseBatch.collate([[tok.encode(p) for p in phrases]]))
+        ax.imshow(weights[0, : int(enc_lens[0])].T.float().numpy(), aspect="auto", origin="lower", vmin=0, vmax=1)
+        ents = set(SplitLists.from_cuts([c for c in cuts if c.id == cid]).entities[cid])
+        ax.set_yticks(range(len(phrases) + 1))
+        ax.set_yticklabels(["(no bias)"] + [f"* {p}" if p in ents else p for p in phrases], fontsize=6)
+        ax.set_title(f"{cid}: {cuts[[c.id for c in cuts].index(cid)].supervisions[0].text}", fontsize=7)
+        ax.set_xlabel("encoder frame")
+    fig.tight_layout()
+    return fig
