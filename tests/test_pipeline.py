@@ -78,6 +78,9 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tiny_pipeline):
     # shallow fusion ran in the integer runtime and in the fake-quantized PyTorch student (issue 17)
     assert 0 <= evaluate["biasing/pytorch/identical/test_rare/sf10"] <= 1
     assert evaluate["biasing/test_rare/empty/wer"] == evaluate["biasing/test_rare/none/wer"]
+    # ... and the teacher trained with its attention biaser, measured on lists in its own report
+    teacher = json.loads((tmp_path / "reports/train_teacher.json").read_text())
+    assert teacher["biaser_params"] > 0 and 0 <= teacher["attn/test_rare/list100/attn_sf/b_wer"] < 1000
     _sh("dvc plots show -o plots_html", tmp_path, env)
     html = (tmp_path / "plots_html/index.html").read_text()
     assert "wer_by_stage" in html and "exported (integer runtime)" in html
