@@ -244,3 +244,22 @@ def test_kd_delay_matches_student_frame_t_with_teacher_frame_t_minus_d():
     student = torch.cat([torch.randn(N, 2, Y.size(1) + 1, V), teacher[:, :-2]], dim=1)
     assert abs(float(distill_loss(student, Y, Y_LENS, ENC_LENS, t_logp, ENC_LENS, delay=2))) < 1e-4
     assert float(distill_loss(student, Y, Y_LENS, ENC_LENS, t_logp, ENC_LENS, delay=0)) > 0.1
+
+
+def test_tiny_distill_trains_a_student_with_an_attention_biaser(tiny_prepared, tmp_path, monkeypatch):
+    """Distillation keeps working with the biaser: the student trains on context lists (pseudo-labeled
+    cuts get distractors only), its report holds the attention measurements, the file rebuilds it."""
+    from edgeasr.models.io import load_model
+    from edgeasr.stages import distill, train_teacher
+
+    shutil.copytree(tiny_prepared[0] / "data" / "prepare", tmp_path / "data" / "prepare")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = compose(["experiment=tiny", "trainer.progress=false", "distill.baseline=false",
+                   "model.student.biaser={dim: 16, heads: 2}"])
+    train_teacher.run(cfg)
+    report = distill.run(cfg)
+    assert report["biaser_params"] > 0 and 0 <= report["attn/test_rare/list10/attn/b_wer"] < 1000
+    model, meta = load_model(tmp_path / "data/distill/model.pt")
+    assert meta["model_cfg"]["biaser"] == {"dim": 16, "heads": 2}
+    assert model.biaser.out.weight.abs().sum() > 0
