@@ -22,6 +22,7 @@ import torch
 from lhotse import CutSet
 from matplotlib.figure import Figure
 
+from edgeasr.data.word_classes import cut_entities
 from edgeasr.decoding import ContextGraph, modified_beam_search
 from edgeasr.models.biasing import PhraseBatch
 
@@ -77,21 +78,20 @@ def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, resul
 
 def attention_figure(model, tok, cuts: list, lists: Mapping[str, list[str]]) -> Figure | None:
     """Per utterance a heat map: encoder frames x ("no bias" + its list), the attention weights
-    averaged over heads; the true entity's row is marked."""
+    averaged over heads; the true entity's row is starred."""
     if not cuts:
         return None
     fig = Figure(figsize=(8, 2.6 * len(cuts)))
     axes = fig.subplots(len(cuts), 1, squeeze=False)[:, 0]
-    for ax, (ids, feats, lens) in zip(axes, (next(feature_batches([c])) for c in cuts)):
-        cid = ids[0]
-        phrases = lists[cid]
+    for ax, cut in zip(axes, cuts):
+        _, feats, lens = next(feature_batches([cut]))
+        phrases, ents = lists[cut.id], set(cut_entities(cut))
         enc, enc_lens = model.encoder(feats, lens)
         _, weights = model.biaser.attention(enc, PhraseBatch.collate([[tok.encode(p) for p in phrases]]))
         ax.imshow(weights[0, : int(enc_lens[0])].T.float().numpy(), aspect="auto", origin="lower", vmin=0, vmax=1)
-        ents = set(SplitLists.from_cuts([c for c in cuts if c.id == cid]).entities[cid])
         ax.set_yticks(range(len(phrases) + 1))
         ax.set_yticklabels(["(no bias)"] + [f"* {p}" if p in ents else p for p in phrases], fontsize=6)
-        ax.set_title(f"{cid}: {cuts[[c.id for c in cuts].index(cid)].supervisions[0].text}", fontsize=7)
+        ax.set_title(f"{cut.id}: {cut.supervisions[0].text}", fontsize=7)
         ax.set_xlabel("encoder frame")
     fig.tight_layout()
     return fig
