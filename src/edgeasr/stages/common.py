@@ -106,7 +106,7 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
         lit.contexts = training_contexts(dm, section, cfg.context_lists)
 
     ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
-    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer"], model_cfg) + fingerprint_extra + name
+    fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer", "context_lists"], model_cfg) + fingerprint_extra + name
     resumable = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
     resume_from, resumed_step = resumable if resumable else (None, 0)
     if resume_from:
