@@ -102,7 +102,8 @@ def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, 
     dev = deployable(model)
     dur, frames, tokens = median_utterance(cuts, tokenizer)
     was_training = model.training
-    report = transducer_latency(model, HwProfile.from_cfg(hw_cfg), frames, tokens, bits=bits, chunk_frames=chunk_frames)
+    hw = HwProfile.from_cfg(hw_cfg)
+    report = transducer_latency(model, hw, frames, tokens, bits=bits, chunk_frames=chunk_frames)
     model.train(was_training)
     metrics = {
         "sparsity": round(model_sparsity(dev), 6),
@@ -114,8 +115,8 @@ def model_metrics(model: nn.Module, hw_cfg: Mapping[str, Any], cuts, tokenizer, 
     if getattr(model, "biaser", None) is not None:
         metrics["biaser_params"] = int(sum(p.numel() for p in model.biaser.parameters()))
         for n in BIASER_LIST_SIZES:
-            with_list = transducer_latency(model, HwProfile.from_cfg(hw_cfg), frames, tokens, bits=bits,
-                                           chunk_frames=chunk_frames, context_phrases=n)
+            with_list = transducer_latency(model, hw, frames, tokens, bits=bits, chunk_frames=chunk_frames,
+                                           context_phrases=n)
             metrics[f"emulated_latency_ms/list{n}"] = round(with_list.total_s * 1000.0, 4)
         model.train(was_training)
     return metrics, report

@@ -26,7 +26,7 @@ def export_student(model, meta: Mapping[str, Any], tokens: Sequence[str], path: 
     """``model``: a plain compressed student (weights on the grid, pruned entries 0); ``meta``: its
     model-file meta (``model_cfg``, ``compression``: the spec, with activation quantization).
     Returns the file size in bytes."""
-    if getattr(model, "biaser", None) is not None or (meta.get("model_cfg") or {}).get("biaser"):
+    if getattr(model, "biaser", None) is not None:
         raise ExportFormatError(
             f"the model exported to {path} has an attention biaser (model_cfg.biaser), which the integer "
             "runtime does not run yet: export a student trained with `model.student.biaser=null` and bias it "

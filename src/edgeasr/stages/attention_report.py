@@ -48,19 +48,28 @@ def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, resul
     sl = SplitLists.from_cuts(cuts)
     was_training = model.training
     model.eval()
+    ns = [int(n) for n in rc["distractors"]]
+    lists = {n: context_lists(sl, n, seed, split) for n in ns}
     hyps: dict[tuple[int, str], dict[str, str]] = {}
-    for n in rc["distractors"]:
-        lists = context_lists(sl, int(n), seed, split)
-        for ids, feats, lens in feature_batches(cuts):
-            plain, enc_lens = model.encode(feats, lens)
-            biased, _ = model.encode(feats, lens, PhraseBatch.collate([[tok.encode(p) for p in lists[i]] for i in ids]))
-            graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, float(rc["boost"]),
+
+    def decode(key, enc, enc_lens, ids, graphs=None):
+        nbest = modified_beam_search(model, enc, enc_lens, beam=int(rc["beam"]), contexts=graphs,
+                                     max_sym_per_frame=int(rc["max_sym_per_frame"]))
+        hyps.setdefault(key, {}).update({i: tok.decode(nb[0].tokens) for i, nb in zip(ids, nbest)})
+
+    for ids, feats, lens in feature_batches(cuts):
+        frames, enc_lens = model.encoder(feats, lens)  # once per batch; the biaser runs per list
+        plain = model.biaser(frames, PhraseBatch.empty(len(ids), frames.device))
+        decode((ns[0], "none"), plain, enc_lens, ids)  # no list: the same for every list size
+        for n in ns:
+            biased = model.biaser(frames, PhraseBatch.collate([[tok.encode(p) for p in lists[n][i]] for i in ids]))
+            graphs = [ContextGraph.from_phrases(lists[n][i], tok.encode, tok.vocab_size, float(rc["boost"]),
                                                 float(rc["end_bonus"])) for i in ids]
-            for cond, enc, g in (("none", plain, None), ("sf", plain, graphs), ("attn", biased, None),
-                                 ("attn_sf", biased, graphs)):
-                nbest = modified_beam_search(model, enc, enc_lens, beam=int(rc["beam"]), contexts=g,
-                                             max_sym_per_frame=int(rc["max_sym_per_frame"]))
-                hyps.setdefault((int(n), cond), {}).update({i: tok.decode(nb[0].tokens) for i, nb in zip(ids, nbest)})
+            decode((n, "sf"), plain, enc_lens, ids, graphs)
+            decode((n, "attn"), biased, enc_lens, ids)
+            decode((n, "attn_sf"), biased, enc_lens, ids, graphs)
+    for n in ns[1:]:
+        hyps[(n, "none")] = hyps[(ns[0], "none")]
     metrics, rows = {}, []
     for (n, cond), h in sorted(hyps.items()):
         m, _ = score(sl, h)
@@ -71,7 +80,7 @@ def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, resul
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    fig = attention_figure(model, tok, cuts[: int(rc["plot_utts"])], context_lists(sl, int(rc["distractors"][0]), seed, split))
+    fig = attention_figure(model, tok, cuts[: int(rc["plot_utts"])], lists[ns[0]])
     model.train(was_training)
     return metrics, fig
 
