@@ -276,3 +276,38 @@ def test_resumable_sampler_skips_the_batches_a_checkpoint_counted():
     assert ids(resumed) == whole[4:]
     resumed.set_epoch(2)
     assert ids(resumed) != whole and sorted(sum(ids(resumed), [])) == sorted(sum(whole, []))
+
+
+def test_bpe_dropout_segments_each_cut_by_seed_epoch_and_cut(tiny_prepared, monkeypatch):
+    """BPE-dropout (train_teacher.bpe_dropout): smaller pieces that still spell the transcript, the
+    same for a resumed run (a function of seed, epoch and cut), other pieces in another epoch."""
+    from edgeasr.data.datamodule import AsrDataModule, AsrDataset
+
+    root, _, _ = tiny_prepared
+    monkeypatch.chdir(root)  # the manifests name their feature files relative to it
+    prep = Path("data/prepare")
+
+    def epoch_batches(p: float, epoch: int, n: int = 6):
+        dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=["train"],
+                           max_duration=10.0, num_buckets=2, seed=7, bpe_dropout=p)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # what Lightning calls; the dataset hears it through the sampler
+        return dm.tokenizer, [b for b, _ in zip(loader, range(n))]
+
+    tok, plain = epoch_batches(0.0, 1)
+    _, dropped = epoch_batches(0.3, 1)
+    _, again = epoch_batches(0.3, 1)
+    _, other = epoch_batches(0.3, 2)
+    pieces = lambda batches: [t for b in batches for t in b["tokens"]]  # noqa: E731
+    assert [b["cut_ids"] for b in plain] == [b["cut_ids"] for b in dropped]  # same batches, other pieces
+    assert pieces(plain) == [tok.encode(t) for b in plain for t in b["texts"]]
+    assert all(tok.decode(ids) == text for ids, text in zip(pieces(dropped), [t for b in dropped for t in b["texts"]]))
+    assert sum(map(len, pieces(dropped))) > sum(map(len, pieces(plain)))
+    assert pieces(again) == pieces(dropped)
+    second = {c: t for b in other for c, t in zip(b["cut_ids"], b["tokens"])}
+    first = {c: t for b in dropped for c, t in zip(b["cut_ids"], b["tokens"])}
+    assert any(second[c] != first[c] for c in first.keys() & second.keys())
+    with pytest.raises(ValueError, match="bpe_dropout"):
+        AsrDataset(tok, targets={}, bpe_dropout=0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        AsrDataset(tok, bpe_dropout=1.0)

@@ -38,11 +38,26 @@ class AsrDataset(Dataset):
             without them (real corpora, unlabeled or pseudo-labeled cuts)
         teacher_logp, teacher_lens: only with ``targets`` (distillation): see
             :func:`edgeasr.training.distill.collate_targets`
+
+    BPE-dropout (Provilkov et al. 2020; for low-resource ASR: Laptev et al. 2020): with
+    ``bpe_dropout`` > 0 each transcript is segmented with every BPE merge skipped with that
+    probability, so the model meets words spelled by smaller pieces too and learns to compose a
+    spelling it never heard whole. The segmentation is a function of (seed, epoch, cut id): a
+    resumed run sees the same pieces.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None = None, targets=None):
+    def __init__(self, tokenizer: Tokenizer | None = None, targets=None, bpe_dropout: float = 0.0, seed: int = 0):
+        if not 0.0 <= bpe_dropout < 1.0:
+            raise ValueError(f"bpe_dropout must be in [0, 1), got {bpe_dropout}")
+        if bpe_dropout and targets is not None:
+            raise ValueError("bpe_dropout with teacher targets: the targets are laid out over the teacher's "
+                             "segmentation; set bpe_dropout=0 for distillation")
         self.tokenizer = tokenizer
         self.targets = targets
+        self.bpe_dropout, self.seed, self.epoch = float(bpe_dropout), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def _tokens(self, cut) -> list[int]:
         sup = cut.supervisions[0] if cut.supervisions else None
@@ -50,7 +65,11 @@ class AsrDataset(Dataset):
             return []
         if sup.custom and "tokens" in sup.custom:
             return [int(t) for t in sup.custom["tokens"]]
-        return self.tokenizer.encode(sup.text) if (sup.text and self.tokenizer) else []
+        if not (sup.text and self.tokenizer):
+            return []
+        if self.bpe_dropout:
+            return self.tokenizer.encode_dropout(sup.text, self.bpe_dropout, (self.seed, self.epoch, cut.id))
+        return self.tokenizer.encode(sup.text)
 
     @staticmethod
     def _word_classes(cut) -> str | None:
@@ -103,14 +122,16 @@ class ResumableSampler:
     batches skipped. lhotse samplers are deterministic given seed and epoch, so skipping is exact.
     """
 
-    def __init__(self, sampler):
-        self.sampler = sampler
+    def __init__(self, sampler, dataset=None):
+        self.sampler, self.dataset = sampler, dataset  # the dataset hears the epoch too (BPE-dropout)
         self.epoch, self.consumed, self._skip = 0, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
             self.epoch, self.consumed, self._skip = int(epoch), 0, 0
         self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -140,12 +161,13 @@ class AsrDataModule(pl.LightningDataModule):
             epochs train on ``splits`` (default: the train splits) limited to cuts of at most
             ``max_cut_duration`` seconds, in order of increasing duration when ``sorted``
             (:class:`CurriculumSampler`).
+        bpe_dropout: merge-dropout probability for the training transcripts (:class:`AsrDataset`).
     """
 
     def __init__(self, manifest_dir: str | Path, tokenizer_path: str | Path,
                  train_splits: Sequence[str] = ("train", "train_aug"), val_split: str = "dev",
                  max_duration: float = 40.0, num_buckets: int = 10, num_workers: int = 0, seed: int = 1234,
-                 curriculum: dict | None = None):
+                 curriculum: dict | None = None, bpe_dropout: float = 0.0):
         super().__init__()
         self.manifest_dir = Path(manifest_dir)
         self.tokenizer = Tokenizer(tokenizer_path)
@@ -153,6 +175,7 @@ class AsrDataModule(pl.LightningDataModule):
         self.max_duration, self.num_buckets = max_duration, num_buckets
         self.num_workers, self.seed = num_workers, seed
         self.curriculum = dict(curriculum) if curriculum else None
+        self.bpe_dropout = float(bpe_dropout)
         self._train_sampler: ResumableSampler | None = None
         self._sampler_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
 
@@ -193,7 +216,8 @@ class AsrDataModule(pl.LightningDataModule):
             sampler = (self._bucketing(cuts, self.max_duration) if train
                        else SimpleCutSampler(cuts, max_duration=self.max_duration, shuffle=False))
         if train:
-            sampler = self._train_sampler = ResumableSampler(sampler)
+            dataset = dataset or AsrDataset(self.tokenizer, bpe_dropout=self.bpe_dropout, seed=self.seed)
+            sampler = self._train_sampler = ResumableSampler(sampler, dataset)
             if self._sampler_state is not None:
                 sampler.load_state_dict(self._sampler_state)
                 self._sampler_state = None
@@ -264,5 +288,6 @@ class DistillDataModule(AsrDataModule):
                              "or remove the curriculum")
         labeled = self.train_sampler(self.train_cuts(), self.max_duration * (1 - r))
         sampler = labeled if r == 0 else ZipSampler(labeled, self._bucketing(self.pseudo_cuts, self.max_duration * r))
-        return self._loader(None, train=True, sampler=sampler, dataset=AsrDataset(self.tokenizer, self.targets))
+        return self._loader(None, train=True, sampler=sampler,
+                            dataset=AsrDataset(self.tokenizer, self.targets, self.bpe_dropout, self.seed))
 

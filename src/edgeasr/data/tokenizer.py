@@ -6,6 +6,7 @@ The blank id is shared by the tokenizer, the RNN-T loss, decoding and export; sh
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -74,6 +75,12 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
+
+    def encode_dropout(self, text: str, p: float, key: tuple) -> list[int]:
+        """``text`` segmented with BPE-dropout ``p`` (SentencePiece's sampling); the same ``key``
+        gives the same pieces (SentencePiece's generator is reseeded from it)."""
+        spm.set_random_generator_seed(zlib.crc32(repr(key).encode()))
+        return self.sp.encode(text, out_type=int, enable_sampling=True, alpha=p, nbest_size=-1)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self.sp.encode(list(texts), out_type=int)

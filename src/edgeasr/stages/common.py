@@ -147,7 +147,7 @@ def stage_datamodule(cfg: DictConfig, section: DictConfig, cls=None, **kwargs):
                                   train_splits=list(section.train_splits), max_duration=section.batch_max_duration,
                                   num_buckets=section.num_buckets, seed=int(cfg.seed),
                                   curriculum=OmegaConf.to_container(section.curriculum) if section.get("curriculum") else None,
-                                  **kwargs)
+                                  bpe_dropout=float(section.get("bpe_dropout") or 0.0), **kwargs)
 
 
 def default_lit(model, dm, section: DictConfig, cls=None, **kwargs):
