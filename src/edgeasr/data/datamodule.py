@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
+import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset.collation import collate_features
 from lhotse.dataset.sampling import DynamicBucketingSampler, SimpleCutSampler, ZipSampler
@@ -252,14 +253,22 @@ class AsrDataModule(pl.LightningDataModule):
         return self._loader(None, train=True, sampler=self.train_sampler(self.train_cuts(), self.max_duration))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.cuts(self.val_split), train=False)
+        # Under DDP each rank validates every world_size-th cut and the metrics sum errors, words and
+        # losses over ranks: exact. (lhotse's own sharding would repeat cuts to even the last round.)
+        cuts = self.cuts(self.val_split)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            cuts = CutSet.from_cuts(list(cuts)[dist.get_rank()::dist.get_world_size()])
+        return self.cuts_dataloader(cuts)
 
     def split_dataloader(self, split: str) -> DataLoader:
-        return self._loader(self.cuts(split), train=False)
+        """All of ``split`` in order, in whichever process asks (a report, rank zero's too)."""
+        return self.cuts_dataloader(self.cuts(split))
 
     def cuts_dataloader(self, cuts: CutSet, max_duration: float | None = None) -> DataLoader:
-        """Ordered, unshuffled batches of any CutSet (inference over it)."""
-        sampler = SimpleCutSampler(cuts, max_duration=max_duration or self.max_duration, shuffle=False)
+        """Ordered, unshuffled batches of any CutSet (inference over it), all of it: never sharded
+        by DDP rank as the training and validation samplers are (lhotse reads the process group)."""
+        sampler = SimpleCutSampler(cuts, max_duration=max_duration or self.max_duration, shuffle=False,
+                                   world_size=1, rank=0)
         return self._loader(cuts, train=False, sampler=sampler)
 
 

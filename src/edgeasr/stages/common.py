@@ -26,6 +26,7 @@ from edgeasr.tracking import StageRun
 from edgeasr.training import TransducerLitModule
 from edgeasr.training.contexts import TrainingContexts
 from edgeasr.training.callbacks import LastCheckpoint, LearningCurve, RngState, Throughput
+from edgeasr.training.ranks import Ranks
 
 from .attention_report import attention_biasing
 
@@ -107,7 +108,9 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
 
     ckpt_dir = out / "checkpoints" / name if name else out / "checkpoints"
     fp = fingerprint(cfg, ["seed", "data", "prepare", stage, "trainer", "context_lists"], model_cfg) + fingerprint_extra + name
-    resumable = resumable_checkpoint(ckpt_dir, fp, bool(section.resume))
+    ranks = Ranks.current()  # several under trainer.strategy=ddp (open_stage launched them)
+    # rank zero decides (and may wipe the folder); the others resume from what it chose
+    resumable = ranks.broadcast(resumable_checkpoint(ckpt_dir, fp, bool(section.resume)) if ranks.main else None)
     resume_from, resumed_step = resumable if resumable else (None, 0)
     if resume_from:
         log.info("resuming %s%s from %s (step %d)", stage, f" ({name})" if name else "", resume_from, resumed_step)
@@ -125,10 +128,11 @@ def train_transducer(cfg: DictConfig, stage: str, model_cfg, section: DictConfig
     max_minutes = section.get("max_minutes")
     trainer = pl.Trainer(
         max_time={"minutes": float(max_minutes)} if max_minutes else None,
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.get("num_nodes", 1)), strategy=t.strategy,
+        precision=t.precision,
         max_steps=int(section.max_steps), max_epochs=-1, val_check_interval=int(section.val_every_n_steps),
         check_val_every_n_epoch=None, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
-        logger=StageLogger(tracker, run_id or tracker.run_id),
+        logger=StageLogger(tracker, run_id or tracker.run_id) if ranks.main else False,
         callbacks=[best, last, curve, speed, RngState(), *callbacks], use_distributed_sampler=False,
         num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=bool(t.get("progress", True)),
         default_root_dir=str(out), deterministic="warn",

@@ -73,7 +73,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     bits, sparsity = int(section.bits), float(section.sparsity)
     pr = section.pruning
 
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads, distributed=True) as stage:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / "distill" / "model.pt"
         student, meta = load_model(src)
@@ -81,9 +81,10 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         dm = stage_datamodule(cfg, section)
         metrics: dict[str, float] = {}
 
-        fp32_metrics, _ = report_model(cfg, student, dm, section, results / "fp32", bits=32)
-        metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
-        if section.baseline:
+        if stage.ranks.main:  # the references rank zero reports (the other ranks go on to train)
+            fp32_metrics, _ = report_model(cfg, student, dm, section, results / "fp32", bits=32)
+            metrics.update({f"fp32/{k}": v for k, v in fp32_metrics.items() if k.startswith("wer")})
+        if section.baseline and stage.ranks.main:
             ptq = ptq_baseline(student, bits, sparsity, section, dm)
             ptq_metrics, _ = report_model(cfg, ptq, dm, section, results / "ptq", bits=bits)
             metrics.update({f"ptq/{k}": v for k, v in ptq_metrics.items() if k.startswith("wer") or k == "sparsity"})
@@ -103,6 +104,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             cfg, STAGE, OmegaConf.create(model_cfg), section, tracker, out, datamodule=dm, model=model,
             lit_factory=lambda m, d, sec: default_lit(m, d, sec, best_after_step=int(pr.end_step)),
             callbacks=[pruning, regularizer], fingerprint_extra=src_fp)
+        if not stage.ranks.main:  # trained its share; rank zero saves, evaluates and reports
+            return {}
         comp.refresh()
         table = comp.layer_table()
         grid = regularizer.mean_grid_distance()

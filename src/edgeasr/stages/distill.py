@@ -42,6 +42,7 @@ from edgeasr.decoding import modified_beam_search
 from edgeasr.metrics import WerAccumulator
 from edgeasr.models.io import load_model, save_model
 from edgeasr.training.distill import teacher_targets
+from edgeasr.training.ranks import Ranks, num_processes
 
 from .common import decoding_meta, finish_stage, report_model, stage_datamodule, train_transducer
 from .distill_baseline import BaselineProcess, distill_lit, train_baseline
@@ -52,51 +53,64 @@ log = logging.getLogger(__name__)
 STAGE = "distill"
 
 
+def _label(teacher, dm, cuts, beam: int, max_duration: float, progress: bool) -> list[tuple[str, list[int], float]]:
+    """The teacher's best hypothesis on each cut: ``(cut id, token ids, N-best posterior)``."""
+    teacher.eval()
+    labels = []
+    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
+        task = bar.add_task("pseudo-labels (teacher beam search)", total=sum(c.duration for c in cuts))
+        for b in dm.cuts_dataloader(cuts, max_duration):
+            enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
+            for cut_id, nbest in zip(b["cut_ids"], modified_beam_search(teacher, enc, enc_lens, beam=beam)):
+                lse = torch.logsumexp(torch.tensor([h.log_prob for h in nbest]), 0).item()
+                labels.append((cut_id, list(nbest[0].tokens), math.exp(nbest[0].log_prob - lse)))
+            bar.advance(task, float(b["feature_lens"].sum()) * 0.01)
+    return labels
+
+
 def pseudo_label(teacher, dm, cuts, beam: int, min_confidence: float, max_duration: float, results: Path,
-                 scoring: dict[str, str] | None = None, progress: bool = True):
+                 scoring: dict[str, str] | None = None, progress: bool = True, ranks: Ranks = Ranks()):
     """Teacher N-best on ``cuts``; returns ``(pseudo_cuts, metrics)``.
 
     A kept cut's supervision gets the best hypothesis as ``text`` and its ids in
     ``custom["tokens"]`` (with ``custom["confidence"]``). Empty hypotheses and those under
     ``min_confidence`` are dropped and counted. ``scoring`` (supervision id -> transcript) gives
-    the pseudo-label WER, over all cuts and over the kept ones.
+    the pseudo-label WER, over all cuts and over the kept ones. Under DDP each rank labels its
+    share and every rank gets all labels (in ``cuts``' order); rank zero writes the recogs.
     """
-    teacher.eval()
+    if ranks.world_size == 1:
+        labels = _label(teacher, dm, cuts, beam, max_duration, progress)
+    else:
+        order = {c.id: i for i, c in enumerate(cuts)}
+        shares = ranks.gather(_label(teacher, dm, CutSet.from_cuts(ranks.shard(list(cuts))), beam, max_duration, progress and ranks.main))
+        labels = sorted((x for share in shares for x in share), key=lambda x: order[x[0]])
     by_id = {c.id: c for c in cuts}
     kept, acc_all, acc_kept = [], WerAccumulator(), WerAccumulator()
     dropped = {"empty": 0, "low_confidence": 0}
-    total = sum(c.duration for c in cuts)
-    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task("pseudo-labels (teacher beam search)", total=total)
-        for b in dm.cuts_dataloader(cuts, max_duration):
-            enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
-            for cut_id, nbest in zip(b["cut_ids"], modified_beam_search(teacher, enc, enc_lens, beam=beam)):
-                best = nbest[0]
-                lse = torch.logsumexp(torch.tensor([h.log_prob for h in nbest]), 0).item()
-                conf = math.exp(best.log_prob - lse)
-                text = dm.tokenizer.decode(best.tokens)
-                cut = by_id[cut_id]
-                sup = cut.supervisions[0]
-                ref = (scoring or {}).get(sup.id)
-                if ref is not None:
-                    acc_all.update([ref], [text], ids=[cut_id])
-                if not best.tokens:
-                    dropped["empty"] += 1
-                    continue
-                if conf < min_confidence:
-                    dropped["low_confidence"] += 1
-                    continue
-                if ref is not None:
-                    acc_kept.update([ref], [text], ids=[cut_id])
-                custom = {**(sup.custom or {}), "tokens": list(best.tokens), "confidence": round(conf, 4)}
-                kept.append(fastcopy(cut, supervisions=[fastcopy(sup, text=text, custom=custom)]))
-            bar.advance(task, float(b["feature_lens"].sum()) * 0.01)
+    for cut_id, tokens, conf in labels:
+        text = dm.tokenizer.decode(tokens)
+        cut = by_id[cut_id]
+        sup = cut.supervisions[0]
+        ref = (scoring or {}).get(sup.id)
+        if ref is not None:
+            acc_all.update([ref], [text], ids=[cut_id])
+        if not tokens:
+            dropped["empty"] += 1
+            continue
+        if conf < min_confidence:
+            dropped["low_confidence"] += 1
+            continue
+        if ref is not None:
+            acc_kept.update([ref], [text], ids=[cut_id])
+        custom = {**(sup.custom or {}), "tokens": tokens, "confidence": round(conf, 4)}
+        kept.append(fastcopy(cut, supervisions=[fastcopy(sup, text=text, custom=custom)]))
     metrics = {"pseudo/kept": len(kept), "pseudo/dropped_empty": dropped["empty"],
                "pseudo/dropped_low_confidence": dropped["low_confidence"],
                "pseudo/kept_hours": round(sum(c.duration for c in kept) / 3600, 4)}
     if acc_all.words:
-        acc_all.write_recogs(results / "recogs-pseudo.txt")
-        acc_all.write_errs(results / "errs-pseudo.txt")
+        if ranks.main:
+            acc_all.write_recogs(results / "recogs-pseudo.txt")
+            acc_all.write_errs(results / "errs-pseudo.txt")
         metrics["pseudo/wer"] = round(acc_all.wer, 4)
     if acc_kept.words:
         metrics["pseudo/wer_kept"] = round(acc_kept.wer, 4)
@@ -111,12 +125,16 @@ def _scoring_transcripts(prep: Path) -> dict[str, str] | None:
     return {s.id: s.text for s in SupervisionSet.from_file(path) if s.text}
 
 
-def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occupancy: bool):
-    total = sum(c.duration for c in cuts)
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("teacher targets", total=total)
-        return teacher_targets(teacher, dm.cuts_dataloader(cuts, max_duration), lambda s: bar.advance(task, s),
-                               occupancy=occupancy)
+def _teacher_targets(teacher, dm, cuts, max_duration: float, progress: bool, occupancy: bool, ranks: Ranks = Ranks()):
+    """Every cut's targets on every rank (each rank computes its share: the samplers draw from all)."""
+    share = cuts if ranks.world_size == 1 else CutSet.from_cuts(ranks.shard(list(cuts)))
+    with Progress(disable=not (progress and ranks.main), transient=True) as bar:
+        task = bar.add_task("teacher targets", total=sum(c.duration for c in share))
+        targets = teacher_targets(teacher, dm.cuts_dataloader(share, max_duration), lambda s: bar.advance(task, s),
+                                  occupancy=occupancy)
+    if ranks.world_size == 1:
+        return targets
+    return {k: v for part in ranks.gather(targets) for k, v in part.items()}
 
 
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
@@ -127,14 +145,16 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         raise ValueError(f"distill.kd_nodes must be 'all' or 'occupancy', got {section.kd_nodes!r}")
 
     threads = int(cfg.trainer.num_threads)
-    side_by_side = bool(section.baseline) and bool(section.get("baseline_process", False)) and threads >= 2
+    # (not beside DDP ranks: the baseline then trains after the pre-work, in the ranks, like the student)
+    side_by_side = (bool(section.baseline) and bool(section.get("baseline_process", False)) and threads >= 2
+                    and num_processes(cfg.trainer) == 1)
     # train_transducer sets torch's threads from the config it is given: with the baseline in its
     # own 1-thread process, this process keeps the other threads
     run_cfg = OmegaConf.merge(cfg, {"trainer": {"num_threads": threads - 1}}) if side_by_side else cfg
 
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=int(run_cfg.trainer.num_threads)) as stage, \
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=int(run_cfg.trainer.num_threads), distributed=True) as stage, \
             contextlib.ExitStack() as parts:
-        data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
+        data_dir, out, results, tracker, ranks = stage.data_dir, stage.out, stage.results, stage.tracker, stage.ranks
         base_proc = None
         if side_by_side:  # first: it needs neither pseudo-labels nor teacher targets
             base_proc = BaselineProcess(run_cfg, parts.enter_context(tracker.nested("baseline")), out, results)
@@ -151,17 +171,18 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         unlabeled = dm.cuts("unlabeled") if section.unlabeled_ratio > 0 else CutSet.from_cuts([])
         pseudo, pl_metrics = pseudo_label(teacher, dm, unlabeled, int(pl_cfg.beam), float(pl_cfg.min_confidence),
                                           float(pl_cfg.batch_max_duration), results,
-                                          _scoring_transcripts(data_dir / "prepare"), progress)
+                                          _scoring_transcripts(data_dir / "prepare"), progress, ranks)
         metrics.update(pl_metrics)
         metrics["pseudo_label_s"] = round(time.perf_counter() - t0, 2)
-        write_manifest(pseudo, out / "pseudo_labels.jsonl.gz")  # temp file, fsync, rename: whole or absent
+        if ranks.main:
+            write_manifest(pseudo, out / "pseudo_labels.jsonl.gz")  # temp file, fsync, rename: whole or absent
 
         targets = None
         if section.kd_weight > 0:
             t0 = time.perf_counter()
             cuts = CutSet.from_cuts([*dm.train_cuts(), *pseudo])
             targets = _teacher_targets(teacher, dm, cuts, float(pl_cfg.batch_max_duration), progress,
-                                       occupancy=section.kd_nodes == "occupancy")
+                                       occupancy=section.kd_nodes == "occupancy", ranks=ranks)
             metrics["teacher_targets_s"] = round(time.perf_counter() - t0, 2)
             metrics["teacher_targets_mb"] = round(sum(t.numel() * 2 for t in targets.values()) / 2**20, 2)
         del teacher
@@ -177,6 +198,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             run_cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
             lit_factory=distill_lit(float(section.kd_weight)), name="student",
             fingerprint_extra=teacher_fp)
+        if not ranks.main:  # trained its share; rank zero saves, evaluates and reports
+            return {}
         model_cfg = {**OmegaConf.to_container(cfg.model.student, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step, **decoding_meta(section)})
 

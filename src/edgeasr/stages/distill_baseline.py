@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from edgeasr.data.datamodule import DistillDataModule
 from edgeasr.tracking import StageRun
 from edgeasr.training.distill import DistillLitModule
+from edgeasr.training.ranks import Ranks
 
 from .common import default_lit, log_training, report_model, stage_datamodule, train_transducer
 
@@ -46,6 +47,8 @@ def train_baseline(cfg: DictConfig, tracker: StageRun, out: Path, results: Path)
     dm = stage_datamodule(cfg, section, DistillDataModule)
     model, _, curve, _, _ = train_transducer(cfg, STAGE, cfg.model.student, section, tracker, out, datamodule=dm,
                                              lit_factory=distill_lit(0.0), name="baseline", run_id=tracker.run_id)
+    if not Ranks.current().main:  # under DDP rank zero evaluates it
+        return {}
     metrics, _ = report_model(cfg, model, dm, section, results / "baseline")
     tracker.log_metrics(metrics)
     log_training(STAGE, tracker, curve, results, "baseline")

@@ -94,7 +94,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (a sweep), which then holds the outputs."""
     section = cfg[STAGE]
 
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads, distributed=True) as stage:
         data_dir, out, results, tracker = stage.data_dir, stage.out, stage.results, stage.tracker
         src = data_dir / "compress" / "model.pt"
         model, meta = load_model(src)
@@ -107,10 +107,11 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
         zero_masks = {name: (getattr(mod, attr).detach() == 0) for name, mod, attr in weight_targets(model)}
 
         # Before: the loaded compressed model exactly as compress shipped and reported it.
-        shipped = restore_fake_quant(copy.deepcopy(model), spec).eval()
-        before, _ = report_model(cfg, shipped, dm, section, results / "before", bits=bits)
-        metrics.update({f"before/{k}": v for k, v in before.items() if k.startswith("wer") or k == "sparsity"})
-        del shipped
+        if stage.ranks.main:  # (the other ranks go on to train)
+            shipped = restore_fake_quant(copy.deepcopy(model), spec).eval()
+            before, _ = report_model(cfg, shipped, dm, section, results / "before", bits=bits)
+            metrics.update({f"before/{k}": v for k, v in before.items() if k.startswith("wer") or k == "sparsity"})
+            del shipped
 
         model.train()
         # Masks from the exact zeros, fixed: no pruning callback, so pruned weights stay 0 (zero
@@ -124,6 +125,8 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             lit_factory=lambda m, d, sec: default_lit(m, d, sec, cls=MwerLitModule, nbest=int(sec.nbest),
                                                       mwer_weight=float(sec.mwer_weight)),
             fingerprint_extra=src_fp)
+        if not stage.ranks.main:  # trained its share; rank zero saves, evaluates and reports
+            return {}
         metrics["kept_weights_moved_off_zero"] = keep_kept_weights_nonzero(comp)
         comp.materialize()
         trained_act = activation_spec(model) if is_quantized(model) else None

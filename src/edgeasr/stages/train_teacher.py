@@ -26,9 +26,11 @@ STAGE = "train_teacher"
 def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
     """``job_dir``: the Hydra multirun job's folder (the convergence harness), which then holds the outputs."""
     section = cfg[STAGE]
-    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads) as stage:
+    with open_stage(STAGE, cfg, job_dir=job_dir, threads=cfg.trainer.num_threads, distributed=True) as stage:
         out, results, tracker = stage.out, stage.results, stage.tracker
         model, dm, curve, speed, trainer = train_transducer(cfg, STAGE, cfg.model.teacher, section, tracker, out)
+        if not stage.ranks.main:  # trained its share; rank zero saves, evaluates and reports
+            return {}
         model_cfg = {**OmegaConf.to_container(cfg.model.teacher, resolve=True), "vocab_size": dm.tokenizer.vocab_size}
         save_model(out / "model.pt", model, model_cfg, meta={"stage": STAGE, "steps": trainer.global_step})
 

@@ -33,7 +33,7 @@ that run instead of nesting under it.
 
 The modules, one job each: ``locations`` (workspace, store URI), ``processes`` (the invocation
 from the process tree), ``parent`` (the parent run, file lock), ``lifecycle`` (:func:`stage_run`),
-``run`` (:class:`StageRun`), ``server`` (the remote store's probe, HTTP limits), ``guard`` (a
+``run`` (:class:`StageRun`; :class:`QuietRun` for a training process other than rank zero), ``server`` (the remote store's probe, HTTP limits), ``guard`` (a
 server lost mid-stage), ``rollup`` (reports onto the parent), ``note`` (the parent's description),
 ``ui`` (the experiment's kind and saved view, the runs-table link), ``values`` (params and metrics
 checked against MLflow's limits, the report file), ``tags``, ``fluent`` (mlflow's fluent API).
@@ -43,7 +43,7 @@ from .lifecycle import stage_run
 from .locations import repo_root, store_root, tracking_uri
 from .parent import current_parent_run_id
 from .processes import INVOCATION_ENV, invocation
-from .run import StageRun
+from .run import QuietRun, StageRun
 from .server import TrackingServerUnreachable, set_http_defaults
 from .tags import DEFAULT_EXPERIMENT, PARENT_ENV, PARENT_RUN_TAG, TAG_INVOCATION, TAG_KIND, TAG_STAGE
 from .values import flatten_params, write_report
@@ -58,6 +58,7 @@ __all__ = [
     "TAG_INVOCATION",
     "TAG_KIND",
     "TAG_STAGE",
+    "QuietRun",
     "StageRun",
     "TrackingServerUnreachable",
     "current_parent_run_id",

@@ -127,3 +127,40 @@ class StageRun:
 
     def __repr__(self) -> str:
         return f"StageRun(stage={self.stage!r}, run_id={self.run_id!r}, parent={self.parent_run_id!r})"
+
+
+class QuietRun:
+    """Stands in for :class:`StageRun` in a training process other than rank zero: the stage's run
+    is rank zero's; this one logs nothing (Lightning logs from rank zero only, too)."""
+
+    run_id = parent_run_id = tracking_uri = experiment_id = ""
+    client = invocation = tracking_lost = None
+
+    def __init__(self, stage: str, root: Path | None = None) -> None:
+        self.stage = stage
+        self.root = root if root is not None else repo_root()
+
+    def log_report(self, metrics: Mapping[str, float]) -> Path:
+        raise RuntimeError(f"{self.stage}: only rank zero writes the stage report")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, d: Mapping[str, Any], name: str) -> None:
+        pass
+
+    def log_figure(self, fig: Any, name: str, on_parent: bool = False) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    @contextmanager
+    def nested(self, name: str) -> Iterator[QuietRun]:
+        yield QuietRun(f"{self.stage}.{name}", self.root)

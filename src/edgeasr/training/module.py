@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torchaudio.transforms as T
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import WordErrorRate
 
 from edgeasr.decoding import greedy_search
@@ -78,8 +79,10 @@ class TransducerLitModule(pl.LightningModule):
         self.optim_cfg, self.sched_cfg = dict(optimizer), dict(scheduler)
         self.specaug = SpecAugment(**specaug) if specaug else None
         # torchmetrics sums errors and reference words (and syncs them across DDP ranks):
-        # the corpus WER, never a mean of per-batch WERs.
+        # the corpus WER, never a mean of per-batch WERs; the loss likewise per utterance (Lightning's
+        # sync_dist would average the ranks' means, unweighted).
         self.val_wer = WordErrorRate()
+        self.val_loss = MeanMetric()
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor):
         return self.model.encode(x, x_lens)
@@ -111,14 +114,17 @@ class TransducerLitModule(pl.LightningModule):
         enc, enc_lens = self.model.encode(x, x_lens)
         hyps = [self.decode_text(h) for h in greedy_search(self.model, enc, enc_lens)]
         n = len(hyps)
-        self.log("val/rnnt_loss", self.model.rnnt_loss(enc, enc_lens, batch["tokens"]) / n, batch_size=n, sync_dist=True)
+        self.val_loss.update(self.model.rnnt_loss(enc, enc_lens, batch["tokens"]) / n, weight=n)
         self.val_wer.update(hyps, batch["texts"])
 
     def on_validation_epoch_end(self) -> None:
-        wer = 100.0 * self.val_wer.compute()
-        self.log("val/wer", wer, prog_bar=True, sync_dist=False)
-        self.log("val/wer_select", wer if self.global_step >= self.best_after_step else torch.full_like(wer, 1e9))
+        wer = 100.0 * self.val_wer.compute()  # the same on every rank: sync_dist averages equal values
+        self.log("val/rnnt_loss", self.val_loss.compute(), sync_dist=True)
+        self.log("val/wer", wer, prog_bar=True, sync_dist=True)
+        self.log("val/wer_select", wer if self.global_step >= self.best_after_step else torch.full_like(wer, 1e9),
+                 sync_dist=True)
         self.val_wer.reset()
+        self.val_loss.reset()
 
     def configure_optimizers(self):
         c = self.optim_cfg
