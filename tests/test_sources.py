@@ -171,3 +171,78 @@ def test_manifest_with_a_command_source_is_refused_before_any_audio_is_read(work
     cfg = _cfg("data=manifests", f"data.manifest_dir={mdir}", "data.allow_source_types=[file,memory,command]")
     assert sorted(r.id for r in sources.prepare_manifests(cfg.data)["train"][0]) == ["evil", "ok"]
     assert not marker.exists()
+
+
+def test_librispeech_recipes_compose_and_run_their_data_path(workdir):
+    """`experiment=librispeech100` / `librispeech960` on a LibriSpeech-layout tree of eSpeak audio:
+    prepare (speed-perturbed copies, BPE, features), a training batch through each recipe's
+    teacher and student (their literature sizes), the GPU trainer settings composed."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from edgeasr.data.datamodule import AsrDataModule
+    from edgeasr.models import build_transducer
+
+    corpus = workdir / "LibriSpeech"
+    parts = ["train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "test-clean", "test-other"]
+    for p, part in enumerate(parts):
+        spk, chap = 100 + p, 200 + p
+        d = corpus / part / str(spk) / str(chap)
+        texts = SENTENCES if part.startswith("train") else SENTENCES[p % 3::3]
+        lines = []
+        for i, text in enumerate(texts):
+            uid = f"{spk}-{chap}-{i:04d}"
+            _speak(d / f"{uid}.flac", text, i + p)
+            lines.append(f"{uid} {text.upper()}")
+        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    # real noise and RIR recordings (MUSAN / RIRS_NOISES style folders) for the 960 h recipe
+    rng = np.random.default_rng(0)
+    (workdir / "musan/noise/free-sound").mkdir(parents=True)
+    (workdir / "rirs/room1").mkdir(parents=True)
+    sf.write(workdir / "musan/noise/free-sound/noise-0001.wav", (0.1 * rng.standard_normal(48000)).astype("float32"), 16000)
+    sf.write(workdir / "rirs/room1/rir-1.wav", (np.exp(-np.arange(4000) / 600.0) * rng.standard_normal(4000)).astype("float32"),
+             16000)
+    real_pools = {"librispeech960": [f"prepare.augment.noise_dir={workdir / 'musan'}", f"prepare.augment.rir_dir={workdir / 'rirs'}",
+                                     "prepare.augment.reverb_prob=1.0", "prepare.augment.noise_prob=1.0"]}
+    sizes = {}
+    for exp in ("librispeech100", "librispeech960"):
+        cfg = compose([f"experiment={exp}", f"data.corpus_dir={corpus}", "prepare.progress=false", "prepare.num_jobs=1",
+                       f"paths.data_dir=data-{exp}", *real_pools.get(exp, [])])
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.strategy == "ddp"
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.devices == {"librispeech100": 2}.get(exp, 8)
+        metrics = run(cfg)
+        train_parts = list(cfg.data.parts.train)
+        assert metrics["utterances/train"] == len(SENTENCES) * len(train_parts)
+        assert metrics["utterances/train_aug"] == 2 * metrics["utterances/train"]  # two speed copies
+        assert metrics.get("utterances/unlabeled", 0) == (len(SENTENCES) * 2 if exp == "librispeech100" else 0)
+        assert metrics["filtered/total"] == 0
+        prep = workdir / f"data-{exp}" / "prepare"
+        synthetic_pool = (prep / "audio" / "noise_train").is_dir()
+        assert synthetic_pool == (exp not in real_pools)  # the given folders replace the synthetic pools
+        dm = AsrDataModule(prep / "manifests", prep / "tokenizer" / "bpe.model", train_splits=list(cfg.train_teacher.train_splits),
+                           max_duration=8.0, num_buckets=2, seed=cfg.seed)
+        batch = next(iter(dm.train_dataloader()))
+        for role in ("teacher", "student"):
+            model = build_transducer({**OmegaConf.to_container(cfg.model[role], resolve=True),
+                                      "vocab_size": dm.tokenizer.vocab_size})
+            sizes[exp, role] = sum(p.numel() for p in model.parameters())
+            out = model(batch["features"], batch["feature_lens"], batch["tokens"])
+            assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    # Conformer-M (~30 M) and -L (~120 M) teachers of Gulati et al. 2020; one ~7 M student
+    assert 20e6 < sizes["librispeech100", "teacher"] < 40e6 and 90e6 < sizes["librispeech960", "teacher"] < 140e6
+    assert sizes["librispeech100", "student"] == sizes["librispeech960", "student"] < 10e6
+
+
+def test_noise_and_rir_folders_that_hold_nothing_name_the_setting(workdir):
+    from edgeasr.data.augment import audio_pool
+
+    with pytest.raises(FileNotFoundError, match=r"prepare.augment.noise_dir=.*not a directory"):
+        audio_pool(workdir / "nowhere", "prepare.augment.noise_dir", 16000)
+    (workdir / "empty" / "sub").mkdir(parents=True)
+    (workdir / "empty" / "sub" / "readme.txt").write_text("no audio here")
+    with pytest.raises(ValueError, match=r"prepare.augment.rir_dir=.*no .wav or .flac"):
+        audio_pool(workdir / "empty", "prepare.augment.rir_dir", 16000)
+    x = np.zeros(8000, dtype="float32")
+    sf.write(workdir / "empty" / "sub" / "a.wav", x, 8000)
+    pool = audio_pool(workdir / "empty", "prepare.augment.rir_dir", 16000)
+    assert [r.id for r in pool] == ["sub_a"] and pool["sub_a"].sampling_rate == 16000

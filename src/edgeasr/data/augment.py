@@ -8,10 +8,31 @@ audio keeps every split decodable by audio-level runtimes (sherpa-onnx) later.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Sequence
 
-from lhotse import CutSet, RecordingSet
+from lhotse import CutSet, Recording, RecordingSet
 from lhotse.cut import Cut
+
+
+AUDIO_PATTERNS = ("*.wav", "*.flac")
+
+
+def audio_pool(folder, key: str, sample_rate: int) -> RecordingSet:
+    """Every ``.wav`` / ``.flac`` under ``folder`` (e.g. MUSAN's ``noise/`` and ``music/``, or
+    RIRS_NOISES' ``real_rirs_isotropic_noises/``) as recordings at ``sample_rate``, sorted by id so the
+    draw is reproducible. ``key`` names the setting in errors."""
+    root = Path(str(folder)).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{key}={root} is not a directory; point it at a folder of .wav/.flac files or set it to null")
+    files = sorted({f for pattern in AUDIO_PATTERNS for f in root.rglob(pattern)})
+    if not files:
+        raise ValueError(f"{key}={root} holds no .wav or .flac files")
+    recs = []
+    for f in files:
+        rec = Recording.from_file(f, recording_id=str(f.relative_to(root).with_suffix("")).replace("/", "_"))
+        recs.append(rec if rec.sampling_rate == sample_rate else rec.resample(sample_rate))
+    return RecordingSet.from_recordings(recs)
 
 
 def add_noise(cut: Cut, noise: Cut, snr_db: float, rng: random.Random) -> Cut:

@@ -32,7 +32,7 @@ from lhotse.qa import validate
 from omegaconf import DictConfig
 
 from edgeasr.data import ALL_SPLITS, BIASING_SPLITS, EVAL_SPLITS, PAUSE_SPLITS, sources
-from edgeasr.data.augment import augment, corrupt
+from edgeasr.data.augment import audio_pool, augment, corrupt
 from edgeasr.data.cleaning import FilterLog, clean_split, filter_by_tokens
 from edgeasr.data.disk import disk_full_as_error, write_manifest
 from edgeasr.endpoint.eoq import EndOfQuery
@@ -85,9 +85,12 @@ def _noise_pools(cfg: DictConfig, out: Path):
     sr = cfg.data.sample_rate
     max_dur = float(cfg.prepare.filters.max_duration)
     pools = {}
-    # Distinct seeds: test_noisy's rooms and noises are never seen by train augmentation.
-    pools["train"] = (make_rir_pool(a.num_rirs, cfg.seed + 101, out / "audio" / "rir_train", sr),
-                      make_noise_pool(a.num_noises, cfg.seed + 102, out / "audio" / "noise_train", max_dur, sr))
+    # Distinct seeds: test_noisy's rooms and noises are never seen by train augmentation. Real
+    # recordings (MUSAN, RIRS_NOISES) replace the synthetic train pools when their folders are given.
+    pools["train"] = (audio_pool(a.rir_dir, "prepare.augment.rir_dir", sr) if a.get("rir_dir")
+                      else make_rir_pool(a.num_rirs, cfg.seed + 101, out / "audio" / "rir_train", sr),
+                      audio_pool(a.noise_dir, "prepare.augment.noise_dir", sr) if a.get("noise_dir")
+                      else make_noise_pool(a.num_noises, cfg.seed + 102, out / "audio" / "noise_train", max_dur, sr))
     pools["test"] = (make_rir_pool(n.num_rirs, cfg.seed + 201, out / "audio" / "rir_test", sr),
                      make_noise_pool(n.num_noises, cfg.seed + 202, out / "audio" / "noise_test", max_dur, sr))
     return pools
