@@ -143,3 +143,20 @@ def test_documented_gpu_command_composes_to_the_path_the_cpu_test_runs():
     with pytest.raises(ValueError, match="number of processes"):
         num_processes(compose(["trainer.strategy=ddp", "trainer.devices=auto"]).trainer)
     assert torch.distributed.is_available()
+
+
+def test_slurm_launcher_asks_for_one_task_per_training_process():
+    """`hydra/launcher=slurm`: submitit's SLURM launcher with trainer.devices tasks (and GPUs) per
+    node on trainer.num_nodes nodes: the processes the stage's ranks expect."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from edgeasr.training.ranks import num_processes
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = hydra_compose("config", ["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4", "trainer.num_nodes=2"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.tasks_per_node * launcher.nodes == num_processes(cfg.trainer) == 8

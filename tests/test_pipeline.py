@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,24 @@ def test_dvc_exp_run_then_cached_repro_then_rerun(tiny_pipeline):
     assert len(with_wer) == len([c for c in children if c.info.run_name not in ("prepare", "train_lm")])
     assert f"{len(with_wer)} stage runs with WER and size from 2" in printed
     assert (tmp_path / "compare_runs.png").stat().st_size > 10_000
+
+
+def test_dvc_remote_round_trip_fresh_clone_pulls_and_repro_runs_nothing(tiny_pipeline, tmp_path):
+    """The shared-storage workflow: push data, models and reports to a DVC remote (a local folder
+    here; S3/SSH in the README), commit, clone elsewhere, `dvc pull`: the pipeline is up to date and
+    `dvc repro` runs no stage."""
+    origin, remote, fresh = tmp_path / "origin", tmp_path / "remote", tmp_path / "fresh"
+    env = tiny_pipeline.env
+    shutil.copytree(tiny_pipeline.root, origin, symlinks=True)
+    _sh(f"dvc remote add -d store {remote} && dvc push -q", origin, env)
+    _sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm results", origin, env)
+    assert any(remote.rglob("*")) and not _sh("git status --porcelain", origin, env).strip()
+    _sh(f"git clone -q {origin} {fresh}", tmp_path, env)
+    assert not (fresh / "data").exists() and not (fresh / "reports").exists()  # only what git holds
+    _sh("dvc pull -q", fresh, env)
+    assert json.loads((fresh / "reports/train_teacher.json").read_text()) == \
+        json.loads((origin / "reports/train_teacher.json").read_text())
+    assert (fresh / "data/mwer/model.pt").read_bytes() == (origin / "data/mwer/model.pt").read_bytes()
+    assert "up to date" in _sh("dvc status", fresh, env)
+    out = _sh("dvc repro", fresh, env)
+    assert "Running stage" not in out and "didn't change" in out
