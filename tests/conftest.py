@@ -150,6 +150,53 @@ def mlflow_http(args: list[str], cwd: Path, env: dict[str, str], ready_s: float 
                 proc.wait(timeout=10)
 
 
+def _postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian keeps them off PATH), or None."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free port, database ``mlflow`` (trust auth, localhost
+    only): yields its SQLAlchemy URI. Skips the test, saying why, where PostgreSQL is missing; as
+    root the cluster runs as the ``postgres`` user (initdb refuses root)."""
+    import pwd
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does)")
+    run_as: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="edgeasr-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and no 'postgres' user to run PostgreSQL as")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    try:
+        subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "mlflow"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
+                        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True, timeout=120)
+        try:
+            subprocess.run([*run_as, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow",
+                            "mlflow"], check=True, capture_output=True, timeout=60)
+            yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+        finally:
+            subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
+                           capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class TinyPipeline:
     root: Path  # a git repository with the project's pipeline files; tests may run more in it

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_http
+from conftest import mlflow_http, postgres_server
 from edgeasr import tracking
 from edgeasr.tracking import stage_run, tracking_uri
 from edgeasr.tracking.processes import is_dvc_cmdline
@@ -525,9 +525,22 @@ def mlflow_server(tmp_path):
         yield url
 
 
+@pytest.fixture
+def mlflow_server_postgres(tmp_path):
+    """The team deployment of the README: `mlflow server` on a PostgreSQL database."""
+    srv = tmp_path / "server"
+    srv.mkdir()
+    with postgres_server() as db, mlflow_http(["server", "--backend-store-uri", db, "--artifacts-destination",
+                                               str(srv / "artifacts")], srv, _clean_env(), ready_s=120) as (url, _):
+        yield url
+
+
 @pytest.mark.slow
-def test_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_real_mlflow_server(backend, tmp_path, monkeypatch, request):
     from mlflow.tracking import MlflowClient
+
+    mlflow_server = request.getfixturevalue("mlflow_server" if backend == "sqlite" else "mlflow_server_postgres")
 
     work = tmp_path / "work"
     work.mkdir()
