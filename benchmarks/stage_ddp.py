@@ -1,6 +1,8 @@
 """Each training stage's throughput in one process against several (Lightning DDP on the CPU):
 the real stage, run by its pipelines/ entry with a short step budget, its report's
-``train_audio_s_per_s`` (audio seconds trained per wall second, all ranks together).
+``train_audio_s_per_s`` (audio seconds trained per wall second, all ranks together). Each rank
+takes 1/processes of the stage's ``batch_max_duration``: the same audio per optimizer step, so the
+figures compare the same training.
 
 Run in a workspace whose earlier stages have outputs (``dvc repro prepare`` and a teacher at
 least; each stage's short run leaves the model the next one reads). It overwrites those stages'
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 HYDRA = ["--config-dir", ".", "--config-name", "params", "hydra.run.dir=.", "hydra.output_subdir=null",
          "hydra/job_logging=stdout", "hydra/hydra_logging=none"]
@@ -32,8 +36,9 @@ def run_stage(stage: str, steps: int, procs: int, threads: int) -> tuple[float, 
         over += ["distill.baseline=false"]
     if stage == "compress":
         over += ["compress.baseline=false"]
-    if procs > 1:
-        over += [f"trainer.devices={procs}", "trainer.strategy=ddp"]
+    if procs > 1:  # the same audio per optimizer step: each rank takes its share of the batch
+        batch = yaml.safe_load(Path("params.yaml").read_text())[stage]["batch_max_duration"]
+        over += [f"trainer.devices={procs}", "trainer.strategy=ddp", f"{stage}.batch_max_duration={batch / procs}"]
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{stage}.py"), *HYDRA, *over],
                          capture_output=True, text=True)

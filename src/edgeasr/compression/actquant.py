@@ -102,7 +102,7 @@ class ActQuant(nn.Module):
 
     def track(self, x: torch.Tensor) -> None:
         if self._tracking():
-            self._seen = torch.maximum(self._seen, x.detach().abs().max().float().cpu())
+            self._seen = torch.maximum(self._seen.to(x.device), x.detach().abs().max().float())  # no sync per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.track(x)

@@ -106,7 +106,8 @@ def node_occupancy(logp: torch.Tensor, t_lens: torch.Tensor, y_lens: torch.Tenso
         lab_r = torch.cat([lab_r[:, 1:], lab_r[:, :1]], 1)  # reversed position k uses label(u1-1-(k-1)-1)
         b = along_u(start[:, rev], lab_r)[:, rev]
         beta[:, t] = torch.where(valid_u & (t < t_lens)[:, None], b, torch.full_like(b, ninf))
-    total = alpha[torch.arange(n), (t_lens - 1).clamp(min=0), y_lens] + blank[torch.arange(n), (t_lens - 1).clamp(min=0), y_lens]
+    rows, last_t = torch.arange(n, device=lp.device), (t_lens - 1).clamp(min=0)
+    total = alpha[rows, last_t, y_lens] + blank[rows, last_t, y_lens]
     occ = alpha + beta - total[:, None, None]
     t_ok = torch.arange(t_max, device=lp.device)[None] < t_lens[:, None]
     return torch.where(t_ok[:, :, None] & valid_u[:, None], occ, torch.full_like(occ, ninf)).float()

@@ -59,8 +59,9 @@ def _label(teacher, dm, cuts, beam: int, max_duration: float, progress: bool) ->
     labels = []
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task("pseudo-labels (teacher beam search)", total=sum(c.duration for c in cuts))
+        device = next(teacher.parameters()).device
         for b in dm.cuts_dataloader(cuts, max_duration):
-            enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
+            enc, enc_lens = teacher.encode(b["features"].to(device), b["feature_lens"].to(device))
             for cut_id, nbest in zip(b["cut_ids"], modified_beam_search(teacher, enc, enc_lens, beam=beam)):
                 lse = torch.logsumexp(torch.tensor([h.log_prob for h in nbest]), 0).item()
                 labels.append((cut_id, list(nbest[0].tokens), math.exp(nbest[0].log_prob - lse)))
@@ -161,6 +162,7 @@ def run(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, float]:
             parts.callback(base_proc.stop)
         teacher_path = data_dir / "train_teacher" / "model.pt"
         teacher, _ = load_model(teacher_path)
+        teacher.to(ranks.device(run_cfg.trainer))  # its passes over the data on this rank's GPU, if any
         # Checkpoints of a student distilled from another teacher are never resumed.
         teacher_fp = hashlib.sha256(teacher_path.read_bytes()).hexdigest()[:16]
         dm = stage_datamodule(run_cfg, section)

@@ -80,16 +80,18 @@ def teacher_targets(teacher: nn.Module, batches, progress: Any = None, occupancy
     log node occupancy of the teacher's alignments, when ``occupancy``.
     """
     teacher.eval()
+    device = next(teacher.parameters()).device
     out: dict[str, torch.Tensor] = {}
     for b in batches:
-        enc, enc_lens = teacher.encode(b["features"], b["feature_lens"])
-        y, y_lens = pad_labels(b["tokens"], teacher.blank_id)
+        enc, enc_lens = teacher.encode(b["features"].to(device), b["feature_lens"].to(device))
+        y, y_lens = pad_labels(b["tokens"], teacher.blank_id, device)
         logp = collapsed_log_probs(teacher.joint(enc, y, y_lens), y, y_lens, teacher.blank_id)
         if occupancy:
             occ = node_occupancy(logp, enc_lens, y_lens)
             logp = torch.cat([logp, occ.unsqueeze(-1)], dim=-1)
         for i, cut_id in enumerate(b["cut_ids"]):
-            out[cut_id] = logp[i, : int(enc_lens[i]), : int(y_lens[i]) + 1].to(torch.float16).clone()
+            # host memory: the cache is every training cut's; Lightning moves each batch's share
+            out[cut_id] = logp[i, : int(enc_lens[i]), : int(y_lens[i]) + 1].to("cpu", torch.float16).clone()
         if progress is not None:
             progress(float(b["feature_lens"].sum()) * 0.01)
     return out

@@ -13,10 +13,12 @@ rank zero alone tracks, evaluates and writes (the others return after training).
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 from lightning_fabric import Fabric
 from lightning_fabric.strategies import DDPStrategy
@@ -46,6 +48,15 @@ class Ranks:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
+
+    def device(self, trainer: DictConfig) -> torch.device:
+        """This rank's accelerator for work outside Lightning (distill's teacher passes): its GPU under
+        ``trainer.accelerator`` gpu/cuda (or auto with CUDA present), else the CPU."""
+        accelerator = str(trainer.get("accelerator", "cpu"))
+        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+            local = int(os.environ.get("LOCAL_RANK", self.rank))
+            return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        return torch.device("cpu")
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share of ``items`` (every ``world_size``-th from ``rank``): disjoint, all covered."""
