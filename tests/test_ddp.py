@@ -160,3 +160,14 @@ def test_slurm_launcher_asks_for_one_task_per_training_process():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
     assert launcher.tasks_per_node * launcher.nodes == num_processes(cfg.trainer) == 8
+
+
+def test_ddp_inside_a_local_multirun_is_refused_naming_the_way_out(tiny_prepared, tmp_path):
+    """Lightning's launcher reruns the command: inside `-m` on one machine that is the whole sweep."""
+    root_prepared, _, _ = tiny_prepared
+    copy_project(tmp_path)
+    shutil.copytree(root_prepared / "data" / "prepare", tmp_path / "data" / "prepare")
+    cmd = [sys.executable, str(REPO / "pipelines" / "train_teacher.py"), "-m", "experiment=tiny", *DDP,
+           "trainer.num_threads=1", "trainer.progress=false", "hydra.sweep.dir=sweep"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "hydra/launcher=slurm" in res.stdout + res.stderr

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning_fabric import Fabric
 from lightning_fabric.strategies import DDPStrategy
 from omegaconf import DictConfig
@@ -105,6 +107,12 @@ def num_processes(trainer: DictConfig) -> int:
     return n * nodes
 
 
+def _in_local_multirun() -> bool:
+    """A Hydra multirun job whose ranks nobody else starts (no SLURM task, no torchrun rank)."""
+    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "RANK"))
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not external
+
+
 def launch(trainer: DictConfig) -> Ranks:
     """Start the stage's other ranks (or join the ranks a cluster started) and the process group.
 
@@ -116,6 +124,9 @@ def launch(trainer: DictConfig) -> Ranks:
         return Ranks()
     if dist.is_available() and dist.is_initialized():
         return Ranks.current()
+    if _in_local_multirun():
+        raise ValueError("trainer.strategy=ddp inside a Hydra multirun on one machine: its ranks would rerun the "
+                         "whole sweep; run each job by hand, or sweep with hydra/launcher=slurm (SLURM starts the ranks)")
     fabric = Fabric(accelerator=str(trainer.get("accelerator", "auto")), devices=trainer.devices,
                     num_nodes=int(trainer.get("num_nodes", 1) or 1), strategy=DDPStrategy(timeout=TIMEOUT))
     fabric.launch()  # the main process reruns the command for ranks 1..; each joins the group here
