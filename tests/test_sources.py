@@ -35,17 +35,8 @@ def _speak(path, text, i, sr=16000):
     return path
 
 
-def _report(root):
-    return json.loads((root / "reports" / "prepare.json").read_text())
-
-
-def _cfg(*overrides):
-    return compose(["experiment=tiny", "prepare.progress=false", "prepare.num_jobs=1", *overrides])
-
-
-def test_librispeech_layout(workdir):
-    corpus = workdir / "LibriSpeech"
-    parts = {"train-clean-100": SENTENCES * 2, "dev-clean": SENTENCES[:4], "test-clean": SENTENCES[4:8]}
+def _librispeech_tree(corpus, parts: dict[str, list[str]]):
+    """``<part>/<spk>/<chapter>/*.flac`` + ``*.trans.txt`` (upper case) for each part's sentences."""
     for p, (part, texts) in enumerate(parts.items()):
         spk, chap = 100 + p, 200 + p
         d = corpus / part / str(spk) / str(chap)
@@ -55,6 +46,20 @@ def test_librispeech_layout(workdir):
             _speak(d / f"{uid}.flac", text, i + p)
             lines.append(f"{uid} {text.upper()}")
         (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+def _report(root):
+    return json.loads((root / "reports" / "prepare.json").read_text())
+
+
+def _cfg(*overrides):
+    return compose(["experiment=tiny", "prepare.progress=false", "prepare.num_jobs=1", *overrides])
+
+
+def test_librispeech_layout(workdir):
+    corpus = _librispeech_tree(workdir / "LibriSpeech", {"train-clean-100": SENTENCES * 2, "dev-clean": SENTENCES[:4],
+                                                         "test-clean": SENTENCES[4:8]})
     cfg = _cfg("data=librispeech", f"data.corpus_dir={corpus}", "data.parts.unlabeled=[]", "data.parts.test_noisy=[]")
     metrics = run(cfg)
     assert metrics["utterances/train"] == 24 and metrics["utterances/test"] == 4
@@ -183,18 +188,9 @@ def test_librispeech_recipes_compose_and_run_their_data_path(workdir):
     from edgeasr.data.datamodule import AsrDataModule
     from edgeasr.models import build_transducer
 
-    corpus = workdir / "LibriSpeech"
     parts = ["train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "test-clean", "test-other"]
-    for p, part in enumerate(parts):
-        spk, chap = 100 + p, 200 + p
-        d = corpus / part / str(spk) / str(chap)
-        texts = SENTENCES if part.startswith("train") else SENTENCES[p % 3::3]
-        lines = []
-        for i, text in enumerate(texts):
-            uid = f"{spk}-{chap}-{i:04d}"
-            _speak(d / f"{uid}.flac", text, i + p)
-            lines.append(f"{uid} {text.upper()}")
-        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    corpus = _librispeech_tree(workdir / "LibriSpeech", {
+        part: SENTENCES if part.startswith("train") else SENTENCES[p % 3::3] for p, part in enumerate(parts)})
     # real noise and RIR recordings (MUSAN / RIRS_NOISES style folders) for the 960 h recipe
     rng = np.random.default_rng(0)
     (workdir / "musan/noise/free-sound").mkdir(parents=True)
