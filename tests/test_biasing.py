@@ -33,6 +33,8 @@ def test_graph_rejects_bad_input_and_ignores_empty_phrases():
         ContextGraph([[3, 12]], vocab_size=12)
     with pytest.raises(ValueError, match="must be >= 0"):
         ContextGraph([[3]], vocab_size=12, boost=-1.0)
+    with pytest.raises(ValueError, match="reserve"):
+        ContextGraph([[3]], vocab_size=12, reserve=-1)
     g = ContextGraph.from_phrases(["", "  ", "a b"], lambda s: [ord(c) % 12 for c in s.replace(" ", "")], 12)
     assert g.phrases == 1 and g.num_states == 3
 
@@ -86,11 +88,31 @@ def test_biased_score_is_the_unbiased_score_plus_the_phrase_bonus(tiny):
         assert h.log_prob == pytest.approx(plain[tuple(h.tokens)] + total + g.finalize(state), abs=1e-4)
 
 
-@pytest.mark.parametrize("chunk", [1, 5])
-def test_biased_streaming_equals_offline(tiny, chunk):
+def test_reserved_slots_keep_honest_hypotheses_through_false_starts(tiny):
+    """A phrase that can never be completed in the utterance, boosted hard: every hypothesis that
+    starts it outranks the honest ones until the boost is given back at the end. Without a reserve
+    the beam fills with false starts and the transcript changes; with every slot reserved (ranked
+    without unfinished boosts) the search is the unbiased one."""
+    model, _, enc, enc_lens = tiny
+    plain = modified_beam_search(model, enc, enc_lens, beam=4)
+    never = [[t] + [1] * 200 for t in range(2, V)]   # 200 pieces: more than any utterance can emit
+
+    def best(reserve):
+        graphs = [ContextGraph(never, V, boost=6.0, reserve=reserve) for _ in LENS]
+        return modified_beam_search(model, enc, enc_lens, beam=4, contexts=graphs)
+
+    crowded = best(0)
+    assert any(c[0].tokens != p[0].tokens for c, p in zip(crowded, plain))
+    reserved = best(4)
+    assert [r[0].tokens for r in reserved] == [p[0].tokens for p in plain]
+    assert [r[0].log_prob for r in reserved] == pytest.approx([p[0].log_prob for p in plain], abs=1e-4)
+
+
+@pytest.mark.parametrize("chunk,reserve", [(1, 0), (5, 0), (5, 2)])
+def test_biased_streaming_equals_offline(tiny, chunk, reserve):
     model, _, enc, enc_lens = tiny
     best = modified_beam_search(model, enc, enc_lens, beam=4)
-    graphs = [ContextGraph([n[-1].tokens[:3], n[0].tokens[1:3]], V, boost=2.0) for n in best]
+    graphs = [ContextGraph([n[-1].tokens[:3], n[0].tokens[1:3]], V, boost=2.0, reserve=reserve) for n in best]
     offline = modified_beam_search(model, enc, enc_lens, beam=4, contexts=graphs)
     state = init_beam_state(model, len(LENS), contexts=graphs)
     for s in range(0, enc.size(1), chunk):

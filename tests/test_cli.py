@@ -559,8 +559,9 @@ def test_context_file_and_tokenizer_problems_exit_2(assets, capsys, tmp_path):
     code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", ctx,
                             "--tokenizer", other)
     assert code == 2 and "not" in err and "tokens" in err and "Traceback" not in err
-    with pytest.raises(SystemExit):
-        cli.main(["transcribe", str(assets["exported"]), str(f["good0"]), "--context-end-bonus", "-1"])
+    for bad in (("--context-end-bonus", "-1"), ("--context-reserve", "-1"), ("--context-reserve", "1.5")):
+        with pytest.raises(SystemExit):
+            cli.main(["transcribe", str(assets["exported"]), str(f["good0"]), *bad])
     # a phrase the tokenizer can only spell with <unk> is dropped, named
     ctx.write_text("kitchen lights\nzürich ß\n", encoding="utf-8")
     code, _, err = run_main(capsys, "transcribe", assets["exported"], f["good0"], *beam, "--context", ctx,

@@ -154,8 +154,9 @@ def test_tiny_evaluate_reports_wer_latency_speedups_and_calibration(export_root)
     # shallow-fusion biasing (untrained student: consistency only; the default run measures the effect)
     b = cfg.evaluate.biasing
     tune = (results / "biasing/tune.csv").read_text().splitlines()
-    assert len(tune) == 2 + len(b.tune.boosts) * len(b.tune.end_bonuses)
+    assert len(tune) == 2 + len(b.tune.boosts) * len(b.tune.end_bonuses) * len(b.tune.reserves)
     assert report["biasing/boost"] in b.tune.boosts and report["biasing/end_bonus"] in b.tune.end_bonuses
+    assert report["biasing/reserve"] in b.tune.reserves
     for split in b.splits:
         assert report[f"biasing/{split}/none/wer"] == pytest.approx(report[f"wer/{split}"], abs=1e-4)  # same search
         for k in ("wer", "b_wer", "u_wer", "recall"):  # an empty list decodes exactly as no list

@@ -2,7 +2,7 @@
 
     edgeasr transcribe MODEL AUDIO... [--streaming] [--chunk-ms 320] [--method greedy|beam] [--beam 4]
     edgeasr transcribe MODEL AUDIO... --streaming --endpoint [--endpoint-config F] [--end-of-query F]
-    edgeasr transcribe MODEL AUDIO... --method beam --context PHRASES.txt [--context-boost B] [--context-end-bonus E]
+    edgeasr transcribe MODEL AUDIO... --method beam --context PHRASES.txt [--context-boost B] [--context-end-bonus E] [--context-reserve R]
     edgeasr score MODEL SET [--out DIR] [--method greedy|beam] [--beam 4] [--streaming] [--allow-source-type TYPE]
     edgeasr score MODEL SET --method beam (--context PHRASES.txt | --utterance-context) [--context-boost B]
 
@@ -28,7 +28,7 @@ search towards those phrases by shallow fusion (:mod:`edgeasr.decoding.context`;
 needs the sentencepiece model it was trained with to spell them, ``--tokenizer``, default the prepare
 stage's); ``score --utterance-context`` uses each utterance's own list instead, a cuts manifest's
 supervision ``custom["context"]`` (as ``test_rare`` carries); an utterance whose list is not a list
-of text is reported and skipped. ``--context-boost`` / ``--context-end-bonus`` default to the
+of text is reported and skipped. ``--context-boost`` / ``--context-end-bonus`` / ``--context-reserve`` default to the
 weights the evaluate stage chose on ``dev_rare`` (README "Context biasing").
 
 Loading the model: :mod:`edgeasr.recognizer`; reading audio and sets: :mod:`edgeasr.audio_input`.
@@ -50,8 +50,9 @@ from typing import Sequence, TextIO
 
 from tqdm import tqdm
 
-from edgeasr.cli_base import (DEFAULT_CONTEXT_BOOST, DEFAULT_CONTEXT_END_BONUS, DEFAULT_END_OF_QUERY,
-                               DEFAULT_ENDPOINT_CONFIG, DEFAULT_TOKENIZER, AudioError, CliError, Notes, write_line)
+from edgeasr.cli_base import (DEFAULT_CONTEXT_BOOST, DEFAULT_CONTEXT_END_BONUS, DEFAULT_CONTEXT_RESERVE,
+                               DEFAULT_END_OF_QUERY, DEFAULT_ENDPOINT_CONFIG, DEFAULT_TOKENIZER, AudioError, CliError,
+                               Notes, write_line)
 from edgeasr.metrics import WerAccumulator
 
 
@@ -85,14 +86,14 @@ def _check_context(method: str, streaming: bool) -> None:
         raise CliError("context biasing works inside modified beam search: use --method beam (offline, no --streaming)")
 
 
-def _utterance_graph(rec, u, boost: float, end_bonus: float):
+def _utterance_graph(rec, u, boost: float, end_bonus: float, reserve: int):
     """The utterance's own context list (a cuts manifest's supervision ``custom["context"]``) as a graph."""
     if u.context is None:
         return None
     if not isinstance(u.context, list) or not all(isinstance(p, str) for p in u.context):
         raise AudioError(f"{u.id}: its supervision custom 'context' must be a list of phrases (text), got "
                          f"{type(u.context).__name__}")
-    return rec.context_graph(u.context, boost, end_bonus, name=u.id)
+    return rec.context_graph(u.context, boost, end_bonus, reserve, name=u.id)
 
 
 def _set_name(path: Path) -> str:
@@ -125,7 +126,7 @@ def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: boo
                method: str = "greedy", beam: int = 4, tokenizer: str | Path | None = None, endpoint: bool = False,
                endpoint_config: str | Path | None = None, end_of_query: str | Path | None = None,
                context: str | Path | None = None, context_boost: float = DEFAULT_CONTEXT_BOOST,
-               context_end_bonus: float = DEFAULT_CONTEXT_END_BONUS,
+               context_end_bonus: float = DEFAULT_CONTEXT_END_BONUS, context_reserve: int = DEFAULT_CONTEXT_RESERVE,
                out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print ``<path>\\t<text>`` per audio file; with ``endpoint`` (streaming only) instead
     ``<path>\\t<time_s>\\t<event>\\t<text>`` per partial and end-pointer event (modified beam search
@@ -149,7 +150,7 @@ def transcribe(model: str | Path, audio: Sequence[str | Path], *, streaming: boo
     rec = load_recognizer(model, tokenizer, note)
     if streaming:
         rec.check_streaming(note)
-    graph = rec.context_graph(phrases, context_boost, context_end_bonus, str(context)) if phrases else None
+    graph = rec.context_graph(phrases, context_boost, context_end_bonus, context_reserve, str(context)) if phrases else None
     chunk = chunk_frames(chunk_ms if chunk_ms is not None else (ep[0].chunk_ms if ep else 320.0))
     failed = 0
     for a in audio:
@@ -175,7 +176,8 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
           beam: int = 4, tokenizer: str | Path | None = None, streaming: bool = False, chunk_ms: float | None = None,
           out: TextIO | None = None, err: TextIO | None = None, progress: bool | None = None,
           allow_source_types: Sequence[str] = (), context: str | Path | None = None, utterance_context: bool = False,
-          context_boost: float = DEFAULT_CONTEXT_BOOST, context_end_bonus: float = DEFAULT_CONTEXT_END_BONUS) -> int:
+          context_boost: float = DEFAULT_CONTEXT_BOOST, context_end_bonus: float = DEFAULT_CONTEXT_END_BONUS,
+          context_reserve: int = DEFAULT_CONTEXT_RESERVE) -> int:
     """Decode SET, print the corpus WER (summed errors / summed reference words) and write
     ``recogs-<set>.txt`` / ``errs-<set>.txt`` into ``out_dir``. Returns 0, or 1 if some utterances
     could not be used (reported; the WER then covers the others only). A cuts manifest's audio and
@@ -197,7 +199,7 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     rec = load_recognizer(model, tokenizer, note)
     if streaming:
         rec.check_streaming(note)
-    graph = rec.context_graph(phrases, context_boost, context_end_bonus, str(context)) if phrases else None
+    graph = rec.context_graph(phrases, context_boost, context_end_bonus, context_reserve, str(context)) if phrases else None
     set_path = Path(test_set)
     utts = read_set(set_path, note, allow_source_types=("file", "memory", *allow_source_types))
     if not utts:
@@ -206,7 +208,7 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     show = progress if progress is not None else bool(getattr(err, "isatty", lambda: False)())
     for u in tqdm(utts, desc=f"score {set_path.name}", unit="utt", file=err, disable=not show, leave=False):
         try:
-            g = _utterance_graph(rec, u, context_boost, context_end_bonus) if utterance_context else graph
+            g = _utterance_graph(rec, u, context_boost, context_end_bonus, context_reserve) if utterance_context else graph
             if utterance_context and u.context is None:
                 note("no-context", f"{u.id}: no context list in the set; decoded without biasing")
             text = rec.transcribe_features(u.features(note), method=method, beam=beam, streaming=streaming,
@@ -232,27 +234,26 @@ def score(model: str | Path, test_set: str | Path, *, out_dir: str | Path = ".",
     return 1 if failed else 0
 
 
-def _positive(kind):
+def _bounded(kind, positive: bool):
+    what = f"a positive {kind.__name__}" if positive else ("a number >= 0" if kind is float else f"an {kind.__name__} >= 0")
+
     def parse(s: str):
         try:
             v = kind(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {s!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not (v > 0 if positive else v >= 0):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
         return v
 
     return parse
 
 
-def _non_negative(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
+def _positive(kind):
+    return _bounded(kind, positive=True)
+
+
+_non_negative = _bounded(float, positive=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,13 +317,16 @@ def _context_args(sp: argparse.ArgumentParser) -> None:
                          "evaluate stage's choice on dev_rare)")
     sp.add_argument("--context-end-bonus", type=_non_negative, default=DEFAULT_CONTEXT_END_BONUS,
                     help=f"log-score per completed phrase (default {DEFAULT_CONTEXT_END_BONUS})")
+    sp.add_argument("--context-reserve", type=_bounded(int, positive=False), default=DEFAULT_CONTEXT_RESERVE,
+                    help="beam slots kept for hypotheses ranked without the boost of an unfinished phrase, so "
+                         f"false starts cannot crowd the beam (default {DEFAULT_CONTEXT_RESERVE})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = dict(streaming=args.streaming, chunk_ms=args.chunk_ms, method=args.method, beam=args.beam,
                 tokenizer=args.tokenizer, context=args.context, context_boost=args.context_boost,
-                context_end_bonus=args.context_end_bonus)
+                context_end_bonus=args.context_end_bonus, context_reserve=args.context_reserve)
     try:
         if args.command == "transcribe":
             return transcribe(args.model, args.audio, endpoint=args.endpoint, endpoint_config=args.endpoint_config,

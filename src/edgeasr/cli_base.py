@@ -19,6 +19,7 @@ DEFAULT_ENDPOINT_CONFIG = "data/evaluate/results/endpoint/rule.json"
 # The evaluate stage's choice on dev_rare (README "Context biasing"; reports/evaluate.json biasing/boost).
 DEFAULT_CONTEXT_BOOST = 2.0
 DEFAULT_CONTEXT_END_BONUS = 0.0
+DEFAULT_CONTEXT_RESERVE = 0  # beam slots kept for hypotheses ranked without unfinished boosts
 
 
 class CliError(Exception):

@@ -102,7 +102,7 @@ class Recognizer:
         self.tokenizer = tok
         return tok
 
-    def context_graph(self, phrases: Sequence[str], boost: float, end_bonus: float,
+    def context_graph(self, phrases: Sequence[str], boost: float, end_bonus: float, reserve: int = 0,
                       name: str = "context") -> ContextGraph | None:
         """A shallow-fusion graph over this model's tokens (phrases lower-cased, spaces collapsed);
         a phrase the tokenizer can only spell with ``<unk>`` is dropped with a note naming it.
@@ -121,7 +121,7 @@ class Recognizer:
         if dropped:
             (self.note or Notes(sys.stderr))("context-unk", f"{name}: {len(dropped)} phrase(s) the model cannot spell "
                                                             f"dropped: {', '.join(map(repr, dropped[:5]))}")
-        return ContextGraph(seqs, tok.vocab_size, boost, end_bonus) if seqs else None
+        return ContextGraph(seqs, tok.vocab_size, boost, end_bonus, reserve) if seqs else None
 
     def recognize(self, feats, method: str = "greedy", beam: int = 4, streaming: bool = False,
                   chunk_frames: int = 32, name: str = "input", context: ContextGraph | None = None) -> list[int]:

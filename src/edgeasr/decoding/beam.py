@@ -51,6 +51,24 @@ def _context_bias(contexts: Sequence[ContextGraph | None], utts: Sequence[int], 
     return torch.from_numpy(bias).to(device)
 
 
+def _pending_after(contexts: Sequence[ContextGraph | None], utts: Sequence[int], hyps: Sequence[Hypothesis],
+                   v: int, blank: int, device) -> torch.Tensor:
+    """(rows, V): the unlocked boost each candidate would carry (what a broken or unfinished match
+    gives back): the beam's reserved share ranks by the score without it."""
+    pend = np.zeros((len(utts), v), dtype=np.float32)
+    for i, (u, h) in enumerate(zip(utts, hyps)):
+        g = contexts[u]
+        if g is not None:
+            pend[i] = g.pending[g.next[h.context_state]]
+            pend[i, blank] = g.pending[h.context_state]
+    return torch.from_numpy(pend).to(device)
+
+
+def _reserve(contexts: Sequence[ContextGraph | None] | None, u: int) -> int:
+    g = contexts[u] if contexts is not None else None
+    return g.reserve if g is not None else 0
+
+
 def _logaddexp(a: float, b: float) -> float:
     m = max(a, b)
     return m + math.log(math.exp(a - m) + math.exp(b - m))
@@ -157,8 +175,12 @@ def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool],
         utts = [w_utt[r] for r in frontier]
         logp = joiner.forward_frame(enc_t[torch.tensor(utts, device=device)], w_out[rows_t]).float().log_softmax(-1)
         scores = logp + torch.tensor([w_hyps[r].log_prob for r in frontier], device=device).unsqueeze(1)
+        locked = None
         if st.contexts is not None:
-            scores = scores + _context_bias(st.contexts, utts, [w_hyps[r] for r in frontier], logp.size(1), blank, device)
+            args = (st.contexts, utts, [w_hyps[r] for r in frontier], logp.size(1), blank, device)
+            scores = scores + _context_bias(*args)
+            if any(_reserve(st.contexts, u) for u in utts):
+                locked = scores - _pending_after(*args)
         v = scores.size(1)
 
         # Pad each utterance's candidates to (width, V) so one topk serves the batch.
@@ -169,14 +191,19 @@ def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool],
             slot.append(seen.get(u, 0))
             seen[u] = slot[-1] + 1
         width = max(seen.values())
+        where = (torch.tensor([pos[u] for u in utts], device=device), torch.tensor(slot, device=device))
         pad = torch.full((len(order), width, v), -math.inf, device=device)
-        pad[torch.tensor([pos[u] for u in utts], device=device), torch.tensor(slot, device=device)] = scores
-        top_val, top_idx = pad.view(len(order), -1).topk(min(beam, width * v), dim=1)
+        pad[where] = scores
+        k = min(beam, width * v)
+        top_val, top_idx = pad.view(len(order), -1).topk(k, dim=1)
+        picks = [list(zip(top_val[a].tolist(), top_idx[a].tolist())) for a in range(len(order))]
+        if locked is not None:
+            picks = _with_reserve(picks, pad, locked, where, order, st.contexts, k)
         row_of = {(pos[u], s): r for r, u, s in zip(frontier, utts, slot)}
 
         pending: dict[int, dict[tuple[int, ...], list]] = {}
         for a, u in enumerate(order):
-            for val, idx in zip(top_val[a].tolist(), top_idx[a].tolist()):
+            for val, idx in picks[a]:
                 if val == -math.inf:
                     continue
                 parent, tok = row_of[(a, idx // v)], idx % v
@@ -216,7 +243,7 @@ def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool],
         if active[u]:
             entries = list(ended.get(u, {}).values())
             if len(entries) > beam:
-                keep = set(sorted(range(len(entries)), key=lambda i: -entries[i][0].log_prob)[:beam])
+                keep = _keep(entries, beam, st.contexts[u] if st.contexts is not None else None)
                 entries = [e for i, e in enumerate(entries) if i in keep]
             for h, r, tok in entries:
                 if tok is not None:
@@ -239,6 +266,42 @@ def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool],
         pred_out[ep] = out
         pred_state = predictor.scatter_state(pred_state, ep, sub)
     st.hyps, st.utt, st.pred_out, st.pred_state = new_hyps, new_utt, pred_out, pred_state
+
+
+def _with_reserve(picks: list, pad: torch.Tensor, locked: torch.Tensor, where, order: Sequence[int],
+                  contexts: Sequence[ContextGraph | None], k: int) -> list:
+    """Per utterance the ``reserve`` best candidates by the score without unlocked boosts, then the
+    best by the biased score up to ``k``: a boosted false start cannot push every honest hypothesis
+    out of the beam before its boost is taken back."""
+    lpad = torch.full_like(pad, -math.inf)
+    lpad[where] = locked
+    flat = pad.view(len(order), -1)
+    out = []
+    for a, u in enumerate(order):
+        r = min(_reserve(contexts, u), k)
+        if not r:
+            out.append(picks[a])
+            continue
+        first = lpad[a].view(-1).topk(r).indices.tolist()
+        chosen = [i for i in first if flat[a, i] > -math.inf]
+        taken = set(chosen)
+        chosen += [i for _, i in picks[a] if i not in taken][:k - len(chosen)]
+        out.append([(float(flat[a, i]), i) for i in chosen])
+    return out
+
+
+def _keep(entries: list, beam: int, g: ContextGraph | None) -> set[int]:
+    """Indices of the ``beam`` entries a frame keeps: the best by score, after the graph's
+    ``reserve`` best by the score without unlocked boosts."""
+    by_score = sorted(range(len(entries)), key=lambda i: -entries[i][0].log_prob)
+    r = min(g.reserve, beam) if g is not None else 0
+    keep = set(sorted(range(len(entries)), key=lambda i: -(entries[i][0].log_prob
+                                                           - float(g.pending[entries[i][0].context_state])))[:r]) if r else set()
+    for i in by_score:
+        if len(keep) >= beam:
+            break
+        keep.add(i)
+    return keep
 
 
 def _merge(target: dict[tuple[int, ...], list], entry: list) -> None:

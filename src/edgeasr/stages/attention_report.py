@@ -36,7 +36,7 @@ CONDITIONS = ("none", "sf", "attn", "attn_sf")
 @torch.inference_mode()
 def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, results: Path, utts: int | None = None
                       ) -> tuple[dict[str, float], Figure | None]:
-    """``rc``: ``{split, distractors: [N, ...], boost, end_bonus, beam, max_sym_per_frame, plot_utts}``.
+    """``rc``: ``{split, distractors: [N, ...], boost, end_bonus, reserve, beam, max_sym_per_frame, plot_utts}``.
     Returns the metrics and the attention figure (None without utterances); writes
     ``results/attention_biasing.csv``."""
     split = str(rc["split"])
@@ -64,7 +64,7 @@ def attention_biasing(model, tok, manifests: Path, rc: Mapping, seed: int, resul
         for n in ns:
             biased = model.biaser(frames, PhraseBatch.collate([[tok.encode(p) for p in lists[n][i]] for i in ids]))
             graphs = [ContextGraph.from_phrases(lists[n][i], tok.encode, tok.vocab_size, float(rc["boost"]),
-                                                float(rc["end_bonus"])) for i in ids]
+                                                float(rc["end_bonus"]), int(rc.get("reserve", 0))) for i in ids]
             decode((n, "sf"), plain, enc_lens, ids, graphs)
             decode((n, "attn"), biased, enc_lens, ids)
             decode((n, "attn_sf"), biased, enc_lens, ids, graphs)

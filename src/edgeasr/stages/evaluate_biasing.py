@@ -10,8 +10,9 @@ entity: the biased words) and U-WER (the other words; an insertion next to a bia
 biased: :class:`edgeasr.metrics.WerAccumulator`'s slot/carrier rule), entity recall (share of true
 entities spelled exactly in the transcript), decode time per utterance on this host.
 
-``boost`` and ``end_bonus`` are chosen on ``tune_split`` at ``tune.distractors``: the lowest B-WER
-whose U-WER is at most ``tune.max_u_wer_rise`` (relative) above the unbiased search's. With a
+``boost``, ``end_bonus`` and ``reserve`` (beam slots kept for hypotheses ranked without unfinished
+boosts: :mod:`edgeasr.decoding.context`) are chosen on ``tune_split`` at ``tune.distractors``: the
+lowest B-WER whose U-WER is at most ``tune.max_u_wer_rise`` (relative) above the unbiased search's. With a
 PyTorch model: the first split's lists decoded by the fake-quantized student too, share of identical
 transcripts (``biasing/pytorch/identical/<split>/<cond>``). Biasing is decoder-side: the NPU's work
 and the model's bytes do not change; the list costs the automaton's states (reported).
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 class Weights:
     boost: float
     end_bonus: float
+    reserve: int = 0
 
 
 @dataclass
@@ -166,8 +168,8 @@ def decode_shard(model_path: str, pytorch: bool, source: Source, ids: list[str],
                 t0 = time.perf_counter()
                 graphs = None
                 if lists is not None:
-                    graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, w.boost, w.end_bonus)
-                              for i in batch_ids]
+                    graphs = [ContextGraph.from_phrases(lists[i], tok.encode, tok.vocab_size, w.boost, w.end_bonus,
+                                                        w.reserve) for i in batch_ids]
                     states[name] += [g.num_states for g in graphs]
                 nbest = modified_beam_search(model, enc, enc_lens, beam=beam, contexts=graphs, max_sym_per_frame=max_sym)
                 secs[name] += time.perf_counter() - t0
@@ -222,7 +224,8 @@ def score(sl: SplitLists, hyps: Mapping[str, str]) -> tuple[dict[str, float], We
 
 
 def grid(bc: DictConfig) -> list[Weights]:
-    return [Weights(float(b), float(e)) for b in bc.tune.boosts for e in bc.tune.end_bonuses]
+    return [Weights(float(b), float(e), int(r)) for b in bc.tune.boosts for e in bc.tune.end_bonuses
+            for r in bc.tune.reserves]
 
 
 def choose(sl: SplitLists, decoded: Mapping[str, tuple], bc: DictConfig, split: str, out: Path
@@ -236,9 +239,10 @@ def choose(sl: SplitLists, decoded: Mapping[str, tuple], bc: DictConfig, split: 
         rows.append((w, m, m["u_wer"] <= base["u_wer"] * (1 + rise) + 1e-9))
     with open(out / "tune.csv", "w", newline="") as f:
         wr = csv.writer(f)
-        wr.writerow(["boost", "end_bonus", "wer", "b_wer", "u_wer", "recall", "within_u_wer_limit"])
-        wr.writerow(["none", "none", base["wer"], base["b_wer"], base["u_wer"], base["recall"], True])
-        wr.writerows([w.boost, w.end_bonus, m["wer"], m["b_wer"], m["u_wer"], m["recall"], ok] for w, m, ok in rows)
+        wr.writerow(["boost", "end_bonus", "reserve", "wer", "b_wer", "u_wer", "recall", "within_u_wer_limit"])
+        wr.writerow(["none", "none", "none", base["wer"], base["b_wer"], base["u_wer"], base["recall"], True])
+        wr.writerows([w.boost, w.end_bonus, w.reserve, m["wer"], m["b_wer"], m["u_wer"], m["recall"], ok]
+                     for w, m, ok in rows)
     allowed = [r for r in rows if r[2]]
     if not allowed:
         log.warning("biasing: no grid point keeps %s's U-WER within %.0f %% of %.2f; taking the lowest U-WER",
@@ -246,13 +250,14 @@ def choose(sl: SplitLists, decoded: Mapping[str, tuple], bc: DictConfig, split: 
     w, m, _ = min(allowed, key=lambda r: (r[1]["b_wer"], r[1]["u_wer"])) if allowed else \
         min(rows, key=lambda r: r[1]["u_wer"])
     n = int(bc.tune.distractors)
-    return w, {"biasing/boost": w.boost, "biasing/end_bonus": w.end_bonus, "biasing/tuned_within_limit": int(bool(allowed)),
+    return w, {"biasing/boost": w.boost, "biasing/end_bonus": w.end_bonus, "biasing/reserve": w.reserve,
+               "biasing/tuned_within_limit": int(bool(allowed)),
                f"biasing/{split}/none/b_wer": base["b_wer"], f"biasing/{split}/none/u_wer": base["u_wer"],
                f"biasing/{split}/sf{n}/b_wer": m["b_wer"], f"biasing/{split}/sf{n}/u_wer": m["u_wer"]}
 
 
 def _grid_name(w: Weights) -> str:
-    return f"boost{w.boost:g}_bonus{w.end_bonus:g}"
+    return f"boost{w.boost:g}_bonus{w.end_bonus:g}_reserve{w.reserve}"
 
 
 def _split_source(split: str, prep: Path) -> Source:
@@ -327,5 +332,5 @@ def biasing_metrics(model_path: Path, bc: DictConfig, seed: int, prep: Path, fba
         wr.writeheader()
         wr.writerows(rows)
     metrics["biasing/time_s"] = round(time.perf_counter() - t0, 1)
-    log.info("biasing: boost %g, end bonus %g; %.0f s", w.boost, w.end_bonus, metrics["biasing/time_s"])
+    log.info("biasing: boost %g, end bonus %g, reserve %d; %.0f s", w.boost, w.end_bonus, w.reserve, metrics["biasing/time_s"])
     return metrics
