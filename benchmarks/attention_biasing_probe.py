@@ -9,6 +9,7 @@ then the same evaluation: the training stages' attention report
 both; modified beam search) on test_rare with N distractors and on test with the true entities.
 
 Usage: python benchmarks/attention_biasing_probe.py [--data data] [--model M] [--steps 1500] [--boost 2]
+       [--end-bonus 0] [--reserve 0]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--boost", type=float, default=2.0)
     ap.add_argument("--end-bonus", type=float, default=0.0)
+    ap.add_argument("--reserve", type=int, default=0, help="beam slots kept for hypotheses without unfinished boosts")
     ap.add_argument("--beam", type=int, default=8)
     ap.add_argument("--max-sym", type=int, default=2, help="symbols per frame in the beam search (evaluate.biasing: 2)")
     ap.add_argument("--seed", type=int, default=1234)
@@ -59,7 +61,8 @@ def main() -> None:
         print(f"trained with its biaser: {sum(p.numel() for p in model.biaser.parameters())} params")
     model.eval()
     for split, ns in (("test_rare", (10, 100)), ("test", (0,))):
-        rc = {"split": split, "distractors": list(ns), "boost": a.boost, "end_bonus": a.end_bonus, "beam": a.beam,
+        rc = {"split": split, "distractors": list(ns), "boost": a.boost, "end_bonus": a.end_bonus,
+              "reserve": a.reserve, "beam": a.beam,
               "max_sym_per_frame": a.max_sym, "plot_utts": 3}
         t0 = time.perf_counter()
         metrics, fig = attention_biasing(model, dm.tokenizer, prep / "manifests", rc, a.seed, a.out / split, a.eval_utts)
