@@ -293,11 +293,12 @@ def _with_reserve(picks: list, pad: torch.Tensor, locked: torch.Tensor, where, o
 def _keep(entries: list, beam: int, g: ContextGraph | None) -> set[int]:
     """Indices of the ``beam`` entries a frame keeps: the best by score, after the graph's
     ``reserve`` best by the score without unlocked boosts."""
-    by_score = sorted(range(len(entries)), key=lambda i: -entries[i][0].log_prob)
-    r = min(g.reserve, beam) if g is not None else 0
-    keep = set(sorted(range(len(entries)), key=lambda i: -(entries[i][0].log_prob
-                                                           - float(g.pending[entries[i][0].context_state])))[:r]) if r else set()
-    for i in by_score:
+    hyps = [e[0] for e in entries]
+    keep: set[int] = set()
+    if g is not None and g.reserve:
+        locked = sorted(range(len(hyps)), key=lambda i: float(g.pending[hyps[i].context_state]) - hyps[i].log_prob)
+        keep.update(locked[:min(g.reserve, beam)])
+    for i in sorted(range(len(hyps)), key=lambda i: -hyps[i].log_prob):
         if len(keep) >= beam:
             break
         keep.add(i)
