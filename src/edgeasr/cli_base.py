@@ -17,7 +17,7 @@ DEFAULT_END_OF_QUERY = "data/prepare/endpoint/end_of_query.json"
 DEFAULT_ENDPOINT_CONFIG = "data/evaluate/results/endpoint/rule.json"
 # Shallow-fusion weights (log domain): per BPE piece of a matching phrase / per completed phrase.
 # The evaluate stage's choice on dev_rare (README "Context biasing"; reports/evaluate.json biasing/boost).
-DEFAULT_CONTEXT_BOOST = 2.0
+DEFAULT_CONTEXT_BOOST = 2.5
 DEFAULT_CONTEXT_END_BONUS = 0.0
 DEFAULT_CONTEXT_RESERVE = 0  # beam slots kept for hypotheses ranked without unfinished boosts
 
