@@ -36,10 +36,12 @@ class Hypothesis:
 
 
 def _context_bias(contexts: Sequence[ContextGraph | None], utts: Sequence[int], hyps: Sequence[Hypothesis],
-                  v: int, blank: int, device) -> torch.Tensor:
+                  v: int, blank: int, device, pending: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rows, V): each hypothesis's score change per next token from its utterance's graph (0 for
-    blank and for utterances without one)."""
+    blank and for utterances without one); with ``pending`` also the unlocked boost each candidate
+    would carry (what a broken or unfinished match gives back: the reserved slots rank without it)."""
     bias = np.zeros((len(utts), v), dtype=np.float32)
+    pend = np.zeros((len(utts), v), dtype=np.float32) if pending else None
     for i, (u, h) in enumerate(zip(utts, hyps)):
         g = contexts[u]
         if g is not None:
@@ -47,21 +49,11 @@ def _context_bias(contexts: Sequence[ContextGraph | None], utts: Sequence[int], 
                 raise ValueError(f"context graph of utterance {u} was built for {g.vocab_size} tokens; "
                                  f"the model has {v}: build it with the model's tokenizer")
             bias[i] = g.delta[h.context_state]
+            if pend is not None:
+                pend[i] = g.pending[g.next[h.context_state]]
+                pend[i, blank] = g.pending[h.context_state]
     bias[:, blank] = 0.0
-    return torch.from_numpy(bias).to(device)
-
-
-def _pending_after(contexts: Sequence[ContextGraph | None], utts: Sequence[int], hyps: Sequence[Hypothesis],
-                   v: int, blank: int, device) -> torch.Tensor:
-    """(rows, V): the unlocked boost each candidate would carry (what a broken or unfinished match
-    gives back): the beam's reserved share ranks by the score without it."""
-    pend = np.zeros((len(utts), v), dtype=np.float32)
-    for i, (u, h) in enumerate(zip(utts, hyps)):
-        g = contexts[u]
-        if g is not None:
-            pend[i] = g.pending[g.next[h.context_state]]
-            pend[i, blank] = g.pending[h.context_state]
-    return torch.from_numpy(pend).to(device)
+    return torch.from_numpy(bias).to(device), None if pend is None else torch.from_numpy(pend).to(device)
 
 
 def _reserve(contexts: Sequence[ContextGraph | None] | None, u: int) -> int:
@@ -177,10 +169,12 @@ def _search_frame(model, st: BeamState, enc_t: torch.Tensor, active: list[bool],
         scores = logp + torch.tensor([w_hyps[r].log_prob for r in frontier], device=device).unsqueeze(1)
         locked = None
         if st.contexts is not None:
-            args = (st.contexts, utts, [w_hyps[r] for r in frontier], logp.size(1), blank, device)
-            scores = scores + _context_bias(*args)
-            if any(_reserve(st.contexts, u) for u in utts):
-                locked = scores - _pending_after(*args)
+            reserving = any(_reserve(st.contexts, u) for u in utts)
+            bias, pend = _context_bias(st.contexts, utts, [w_hyps[r] for r in frontier], logp.size(1), blank, device,
+                                       pending=reserving)
+            scores = scores + bias
+            if pend is not None:
+                locked = scores - pend
         v = scores.size(1)
 
         # Pad each utterance's candidates to (width, V) so one topk serves the batch.
