@@ -271,7 +271,7 @@ def quantized_tiny_student():
     comp = Compression(model, bits=8)
     comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
     comp.materialize()
-    attach_activation_quant(model)
+    attach_activation_quant(model, weight_bits=8)
     calibrate(model, [random_batch(gen) for _ in range(3)])
     return model.eval(), gen
 

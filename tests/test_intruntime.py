@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from conftest import TINY_STUDENT_CFG, quantized_tiny_student, random_batch
 from edgeasr.compression import activation_spec, attach_activation_quant, float_view, quant_points
+from edgeasr.decoding import greedy_search
 from edgeasr.quantspec import CompressionSpec
 from edgeasr.runtime import IntTransducer
 from edgeasr.runtime.ops import IntLayerNorm, isqrt, multiplier, requant
@@ -104,6 +106,29 @@ def test_runtime_matches_the_fake_quantized_model(quantized):
     assert float((ilogits - logits).abs().max()) <= 0.05 * float(logits.max() - logits.min())
 
 
+def test_the_fake_quantized_model_in_float64_computes_the_runtime_integers(quantized):
+    """Biases on their accumulator's grid and the integer LayerNorm in the training graph: in float64
+    its encoder and predictor levels equal the runtime's bit for bit, its logits agree to 1e-6 of
+    their range (its weights are float32 products level x scale) and both decode the same tokens."""
+    model, spec, rt, batch = quantized
+    ref = copy.deepcopy(model).double()
+    with torch.no_grad():
+        enc, lens = ref.encode(batch["features"], batch["feature_lens"])
+        pred, _ = ref.predictor.init_decoder(3)
+        logits = ref.joiner.forward_frame(enc[:, 3], pred)
+        hyps = greedy_search(ref, enc, lens, max_sym_per_frame=2)
+    ienc, ilens = rt.encode(batch["features"], batch["feature_lens"])
+    assert torch.equal(lens, ilens)
+    levels = torch.floor(enc / spec.points["encoder.out"].scale + 0.5).long()
+    for i, n in enumerate(lens.tolist()):
+        assert torch.equal(levels[i, :n], ienc[i, :n])
+    ipred, _ = rt.predictor.init_decoder(3)
+    assert torch.equal(torch.floor(pred / spec.points["predictor.out"].scale + 0.5).long(), ipred)
+    ilogits = rt.joiner.forward_frame(ienc[:, 3], ipred)
+    assert float((ilogits - logits).abs().max()) <= 1e-6 * float(logits.max() - logits.min())
+    assert hyps == greedy_search(rt, ienc, ilens, max_sym_per_frame=2)
+
+
 def test_zero_weights_are_skipped_in_the_mac_count(quantized):
     _, _, rt, batch = quantized
     rt.reset_stats()
@@ -134,7 +159,7 @@ def test_activation_scales_round_trip_through_the_spec(quantized):
         state = {k: v.clone() for k, v in plain.state_dict().items()}
     again = build_transducer(CFG)
     again.load_state_dict(state)
-    attach_activation_quant(again, scales=spec.amax, frozen=True)
+    attach_activation_quant(again, scales=spec.amax, frozen=True, weight_bits=8)
     assert {n: float(q.amax) for n, q in quant_points(again)} == spec.amax
     with torch.no_grad():
         a = model.encode(batch["features"], batch["feature_lens"])[0]

@@ -9,7 +9,13 @@ modules that run the same float weights but round every tensor the NPU stores to
 * LSTM internals at fixed fixed-point formats, as int8 LSTM kernels do (TFLite's integer LSTM):
   gate pre-activations Q3.12 (int16, 2^-12), sigmoid/tanh outputs Q0.15 (2^-15), the cell state
   int16 at a power-of-two scale from calibration, ``h`` int8;
-* the joiner's tanh output at 1/127 (int8); logits leave the NPU as int32 and are dequantized.
+* the joiner's tanh output at 1/127 (int8); logits leave the NPU as int32 and are dequantized;
+* biases on their int32 accumulator's grid (input scale x the weight row's scale) and the
+  LayerNorms computed as the runtime's integer LayerNorm (:mod:`edgeasr.quantspec.fixedpoint`),
+  both with the float gradient (straight through), once the weight grid is known (``weight_bits``).
+
+In float64 (``model.double()``: the wrappers follow their weights' dtype) the fake-quantized
+student computes the runtime's integers exactly; in float32 its own rounding flips a few levels.
 
 Rounding is half-up (``floor(x / s + 0.5)``), the integer runtime's arithmetic shift rounding.
 Gradients pass straight through inside the clamp range and are zero outside (STE).
@@ -37,6 +43,8 @@ from edgeasr.models.residual import residual_lstm
 from edgeasr.models.subsampling import frames_after_subsampling
 from edgeasr.quantspec import (GATE_SCALE, INT16, TANH_OUT_SCALE, UNIT_SCALE, ActivationPoint, ActivationSpec,
                                CompressionSpec, qmax)
+from edgeasr.quantspec.fixedpoint import IntLayerNorm
+from edgeasr.quantspec.levels import channel_scale
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -121,6 +129,18 @@ class ActQuant(nn.Module):
         self.track(y)
         return fq(y, s, self.qmax)
 
+    def layer_norm(self, norm: nn.LayerNorm, x: torch.Tensor, source: "ActQuant") -> torch.Tensor:
+        """``norm(x)`` on this grid as the runtime computes it: forward, the integer LayerNorm of
+        ``x``'s levels on ``source``'s grid; backward, the float LayerNorm's (straight through)."""
+        y = self(norm(x))
+        if self.calibrating or source.calibrating:
+            return y
+        s_in, s_out = source.scale(), self.scale()
+        with torch.no_grad():
+            ln = IntLayerNorm(norm.weight, norm.bias, norm.eps, s_in, s_out, self.bits)
+            exact = ln(torch.floor(x.double() / s_in + 0.5).long()).to(y.dtype) * s_out
+        return y + (exact - y).detach()
+
     @torch.no_grad()
     def commit(self) -> None:
         """End of one forward: fold its max into ``amax`` (or the calibration list)."""
@@ -146,6 +166,18 @@ def _unit(x: torch.Tensor, signed: bool) -> torch.Tensor:
     return fq(x, UNIT_SCALE, INT16, -INT16 if signed else 0)
 
 
+def acc_bias(bias: torch.Tensor, weight: torch.Tensor, s_in: float, bits: int) -> torch.Tensor:
+    """``bias`` rounded to its int32 accumulator's grid, ``s_in`` x the weight row's scale on the
+    ``bits``-bit grid (a fully pruned row: 1.0), as the runtime stores it; straight-through gradient."""
+    with torch.no_grad():
+        w = weight.detach().float()
+        row = channel_scale(w, bits).reshape(-1).double()
+        dead = w.reshape(w.size(0), -1).abs().amax(dim=1) == 0
+        acc = s_in * torch.where(dead, torch.ones_like(row), row)
+        q = (torch.round(bias.detach().double() / acc) * acc).to(bias.dtype)
+    return bias + (q - bias).detach()
+
+
 def _weights(module: nn.Module) -> None:
     """Run ``module``'s forward pre-hooks (the pruning mask + weight fake-quant of
     :class:`~edgeasr.compression.Compression`) when its weights are read without calling it."""
@@ -156,10 +188,27 @@ def _weights(module: nn.Module) -> None:
 class _Wrapper(nn.Module):
     """Holds the float module as ``inner`` and its requantization points in ``q``."""
 
-    def __init__(self, inner: nn.Module, points: Mapping[str, ActQuant]):
+    def __init__(self, inner: nn.Module, points: Mapping[str, ActQuant], weight_bits: int | None = None):
         super().__init__()
         self.inner = inner
         self.q = nn.ModuleDict(points)
+        self.weight_bits = weight_bits  # the weights' grid; None: float weights, biases stay float
+
+    def bias(self, module: nn.Module, s_in: ActQuant | float) -> torch.Tensor | None:
+        """``module``'s bias as the runtime adds it to the accumulator of an input on ``s_in``."""
+        if module.bias is None or self.weight_bits is None or (isinstance(s_in, ActQuant) and s_in.calibrating):
+            return module.bias
+        s = s_in.scale() if isinstance(s_in, ActQuant) else s_in
+        return acc_bias(module.bias, module.weight, s, self.weight_bits)
+
+    def linear(self, module: nn.Linear, x: torch.Tensor, s_in: ActQuant | float) -> torch.Tensor:
+        _weights(module)
+        return F.linear(x, module.weight, self.bias(module, s_in))
+
+    def conv(self, module: nn.Conv2d, x: torch.Tensor, s_in: ActQuant) -> torch.Tensor:
+        _weights(module)
+        return F.conv2d(x, module.weight, self.bias(module, s_in), module.stride, module.padding, module.dilation,
+                        module.groups)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -183,7 +232,8 @@ class QLstmEncoder(_Wrapper):
     ``forward(x (N, T, F), x_lens (N,)) -> (N, T', J), (N,)``, offline (the integer runtime streams).
     """
 
-    def __init__(self, enc: nn.Module, bits: int = 8, residual_bits: int = 16, momentum: float = 0.99):
+    def __init__(self, enc: nn.Module, bits: int = 8, residual_bits: int = 16, momentum: float = 0.99,
+                 weight_bits: int | None = None):
         pts = {n: ActQuant(bits, momentum) for n in ("in", "conv1", "conv2", "final", "out")}
         if enc.stack is not None:
             pts["sub"] = ActQuant(bits, momentum)  # input of the frame-stacking Linear
@@ -193,21 +243,23 @@ class QLstmEncoder(_Wrapper):
             pts[f"l{i}_h"] = ActQuant(bits, momentum)
             pts[f"l{i}_c"] = ActQuant(16, momentum, pow2=True)
             pts[f"res{i + 1}"] = ActQuant(residual_bits, momentum)
-        super().__init__(enc, pts)
+        super().__init__(enc, pts, weight_bits)
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e, q = self.inner, self.q
-        x = q["in"](e.input_norm(_trim(x, x_lens)))
+        x = q["in"](e.input_norm(_trim(x, x_lens).to(e.output.weight.dtype)))
         conv1, conv2 = e.subsampling.conv[0], e.subsampling.conv[2]
-        y = q["conv1"](F.relu(conv1(x.unsqueeze(1))))
-        y = q["conv2"](F.relu(conv2(y)))
+        y = q["conv1"](F.relu(self.conv(conv1, x.unsqueeze(1), q["in"])))
+        y = q["conv2"](F.relu(self.conv(conv2, y, q["conv1"])))
         n, c, t, f = y.shape
-        y = e.subsampling.out(y.transpose(1, 2).reshape(n, t, c * f))
+        y = self.linear(e.subsampling.out, y.transpose(1, 2).reshape(n, t, c * f), q["conv2"])
         lens = frames_after_subsampling(x_lens).clamp(min=0)
         if e.stack is not None:
-            y, lens = stack_frames(q["sub"](y), lens, e.frame_stack, e.stack, ceil=False)
+            y, lens = stack_frames(q["sub"](y), lens, e.frame_stack, lambda z: self.linear(e.stack, z, q["sub"]),
+                                   ceil=False)
         r, _ = residual_lstm(q["res0"](y), self._norm, self._cell, self._add, [None] * e.num_layers)
-        out = q["out"](e.output(q["final"](e.final_norm(r))))
+        final = q["final"].layer_norm(e.final_norm, r, q[f"res{e.num_layers}"])
+        out = q["out"](self.linear(e.output, final, q["final"]))
         self.commit()
         return out, lens
 
@@ -220,7 +272,7 @@ class QLstmEncoder(_Wrapper):
 
     # the residual LSTM block on the runtime's grids (edgeasr.models.residual)
     def _norm(self, i: int, r: torch.Tensor) -> torch.Tensor:
-        return self.q[f"l{i}_x"](self.inner.norms[i](r))
+        return self.q[f"l{i}_x"].layer_norm(self.inner.norms[i], r, self.q[f"res{i}"])
 
     def _cell(self, i: int, x: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
         return self.lstm(i, self.inner.lstms[i], x), None
@@ -236,6 +288,8 @@ class QLstmEncoder(_Wrapper):
         _weights(lstm)
         qh, qc = self.q[f"l{i}_h"], self.q[f"l{i}_c"]
         bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        if self.weight_bits is not None and not self.q[f"l{i}_x"].calibrating:
+            bias = acc_bias(bias, lstm.weight_ih_l0, self.q[f"l{i}_x"].scale(), self.weight_bits)
         gx = fq(x @ lstm.weight_ih_l0.T + bias, GATE_SCALE, INT16)  # (N, T, 4H)
         n, t, hid = x.size(0), x.size(1), lstm.hidden_size
         h = x.new_zeros(n, hid)
@@ -255,15 +309,15 @@ class QStatelessPredictor(_Wrapper):
     """:class:`~edgeasr.models.StatelessPredictor` with points ``emb`` (looked-up embeddings),
     ``conv`` (after depthwise conv + ReLU) and ``out``. Same decoding interface."""
 
-    def __init__(self, pred: nn.Module, bits: int = 8, momentum: float = 0.99):
-        super().__init__(pred, {n: ActQuant(bits, momentum) for n in ("emb", "conv", "out")})
+    def __init__(self, pred: nn.Module, bits: int = 8, momentum: float = 0.99, weight_bits: int | None = None):
+        super().__init__(pred, {n: ActQuant(bits, momentum) for n in ("emb", "conv", "out")}, weight_bits)
 
     def _head(self, y: torch.Tensor) -> torch.Tensor:
         p, q = self.inner, self.q
         emb = q["emb"](p._embed(y))
         if p.conv is not None:
             emb = p.conv(emb.transpose(1, 2)).transpose(1, 2)
-        out = q["out"](p.output(q["conv"](F.relu(emb))))
+        out = q["out"](self.linear(p.output, q["conv"](F.relu(emb)), q["conv"]))
         self.commit()
         return out
 
@@ -294,11 +348,12 @@ class QJoiner(_Wrapper):
     """:class:`~edgeasr.models.Joiner`: ``sum`` = enc + pred (int16), tanh to int8 at 1/127, then the
     output Linear whose int32 accumulators the runtime dequantizes (raw float logits here)."""
 
-    def __init__(self, joiner: nn.Module, residual_bits: int = 16, momentum: float = 0.99):
-        super().__init__(joiner, {"sum": ActQuant(residual_bits, momentum)})
+    def __init__(self, joiner: nn.Module, residual_bits: int = 16, momentum: float = 0.99,
+                 weight_bits: int | None = None):
+        super().__init__(joiner, {"sum": ActQuant(residual_bits, momentum)}, weight_bits)
 
     def _out(self, s: torch.Tensor) -> torch.Tensor:
-        out = self.inner.output(fq(torch.tanh(s), TANH_OUT_SCALE, 127))
+        out = self.linear(self.inner.output, fq(torch.tanh(s), TANH_OUT_SCALE, 127), TANH_OUT_SCALE)
         self.commit()
         return out
 
@@ -313,8 +368,12 @@ PARTS = ("encoder", "predictor", "joiner")
 
 
 def attach_activation_quant(model: nn.Module, bits: int = 8, residual_bits: int = 16, momentum: float = 0.99,
-                            scales: Mapping[str, float] | None = None, frozen: bool = False) -> nn.Module:
+                            scales: Mapping[str, float] | None = None, frozen: bool = False,
+                            weight_bits: int | None = None) -> nn.Module:
     """Wrap ``model``'s encoder, predictor and joiner in place (LSTM encoder + stateless predictor only).
+
+    ``weight_bits``: the weights' grid (the compression spec's ``bits``), so biases are rounded as
+    the runtime stores them; ``None`` for float weights.
 
     ``scales``: ``{"encoder.in": amax, ...}`` from :func:`detach_activation_quant` (a saved model's
     ``meta["activation_quant"]["amax"]``); ``frozen`` keeps them fixed during training."""
@@ -323,9 +382,9 @@ def attach_activation_quant(model: nn.Module, bits: int = 8, residual_bits: int 
     if not isinstance(model.encoder, LstmEncoder) or not isinstance(model.predictor, StatelessPredictor):
         raise ValueError("activation quantization supports the LSTM encoder + stateless predictor student "
                          f"(got {type(model.encoder).__name__} + {type(model.predictor).__name__})")
-    model.encoder = QLstmEncoder(model.encoder, bits, residual_bits, momentum)
-    model.predictor = QStatelessPredictor(model.predictor, bits, momentum)
-    model.joiner = QJoiner(model.joiner, residual_bits, momentum)
+    model.encoder = QLstmEncoder(model.encoder, bits, residual_bits, momentum, weight_bits)
+    model.predictor = QStatelessPredictor(model.predictor, bits, momentum, weight_bits)
+    model.joiner = QJoiner(model.joiner, residual_bits, momentum, weight_bits)
     if scales is not None:
         missing = sorted(set(point_names(model)) - set(scales))
         if missing:
@@ -368,7 +427,8 @@ def restore_fake_quant(model: nn.Module, spec: CompressionSpec) -> nn.Module:
     if spec.activations is None:
         return model
     act = spec.activations
-    attach_activation_quant(model, bits=spec.act_bits, residual_bits=spec.residual_bits, scales=act.amax, frozen=True)
+    attach_activation_quant(model, bits=spec.act_bits, residual_bits=spec.residual_bits, scales=act.amax, frozen=True,
+                            weight_bits=spec.bits)
     have, want = activation_spec(model).layout(), act.layout()
     if have != want:
         diff = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))

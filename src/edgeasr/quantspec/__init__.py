@@ -14,8 +14,8 @@ What the spec fixes (``docs/integer_runtime.md`` is the arithmetic):
 * activations (:class:`ActivationSpec`): every requantization point's bits, power-of-two flag,
   calibrated ``amax`` and effective scale, plus the fixed LSTM formats below.
 
-Stdlib only: reading an export container must not import torch (the torch half, floats -> integer
-levels, is :mod:`edgeasr.quantspec.levels`).
+Stdlib only: reading an export container must not import torch (the torch halves: floats -> integer
+levels in :mod:`edgeasr.quantspec.levels`, the fixed-point arithmetic in :mod:`edgeasr.quantspec.fixedpoint`).
 """
 
 from __future__ import annotations

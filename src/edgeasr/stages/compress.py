@@ -42,7 +42,7 @@ def attach_activations(model, section: DictConfig, dm) -> None:
     first ``calibration_batches`` training batches (a fixed, seeded slice)."""
     act = section.activations
     attach_activation_quant(model, bits=int(act.bits), residual_bits=int(act.residual_bits),
-                            momentum=float(act.momentum))
+                            momentum=float(act.momentum), weight_bits=int(section.bits))
     dm.setup("fit")
     batches = itertools.islice(iter(dm.train_dataloader()), int(act.calibration_batches))
     calibrate(model, batches)

@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 
 
 def pytorch_student(path: Path):
-    """The fake-quantized PyTorch student the exported file was made from (``data/<export.source>/model.pt``)."""
+    """The fake-quantized PyTorch student the exported file was made from (``data/<export.source>/model.pt``),
+    in float64: there it computes the runtime's integers (float32 rounding alone flips a few levels)."""
     model, meta = load_model(path)
-    return restore_fake_quant(model, read_spec(meta, str(path), need="the lattice comparison")).eval()
+    return restore_fake_quant(model, read_spec(meta, str(path), need="the lattice comparison")).double().eval()
 
 
 def pick_cuts(cuts, n: int | None) -> list:
