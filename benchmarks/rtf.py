@@ -59,7 +59,7 @@ def _calibrated_runtime(model, model_path, cuts, tokenizer_dir, n_batches: int =
         x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
         batches.append({"features": x, "feature_lens": lens, "tokens": [tok.encode(u.text) for u in us[i:i + batch]]})
     m = copy.deepcopy(model)
-    attach_activation_quant(m)
+    attach_activation_quant(m, weight_bits=spec.bits)
     calibrate(m, batches)
     m.eval()
     print(f"integer runtime built from {model_path} ({spec.bits}-bit weights), activations calibrated on "

@@ -89,7 +89,7 @@ def assets(tmp_path_factory):
     comp = Compression(comp_model, bits=8)
     comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
     comp.materialize()
-    attach_activation_quant(comp_model)
+    attach_activation_quant(comp_model, weight_bits=8)
     calibrate(comp_model, [batch])
     comp_model.eval()
     spec = activation_spec(comp_model)

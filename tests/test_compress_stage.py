@@ -35,7 +35,7 @@ def test_tiny_compress_reaches_target_sparsity_with_model_and_tables(student_roo
     assert abs(comp.sparsity() - 0.5) < 0.01
     # the saved weights + activation scales reproduce the reported fake-quantized WER exactly
     assert act["points"]["encoder.l0_c"]["pow2"] and act["points"]["encoder.res0"]["bits"] == 16
-    attach_activation_quant(model, scales=act["amax"], frozen=True)
+    attach_activation_quant(model, scales=act["amax"], frozen=True, weight_bits=8)
     dm = stage_datamodule(cfg, cfg.compress)
     again = evaluate_splits(model.eval(), dm, ["test"], student_root / "again")
     assert again["wer/test"] == report["wer/test"]

@@ -39,7 +39,7 @@ def export_root(tiny_prepared, tmp_path, monkeypatch):
     comp = Compression(model, bits=8)
     comp.set_masks([layer_mask(t.effective(), 0.5) for t in comp.targets])
     comp.materialize()
-    attach_activation_quant(model)
+    attach_activation_quant(model, weight_bits=8)
     gen = torch.Generator().manual_seed(0)
     calibrate(model, [{"features": torch.randn(2, 300, 80, generator=gen) * 3 + 10,
                        "feature_lens": torch.tensor([300, 280]), "tokens": [[1, 2, 3], [4, 5]]} for _ in range(2)])

@@ -189,7 +189,7 @@ def test_tiny_mwer_stage_keeps_sparsity_and_reports_before_and_after(student_roo
         # the activation scales are the compress stage's (frozen), and the saved weights + scales
         # reproduce the reported WER: what export reads from the meta
         assert act is not None and act["amax"] == before_meta["compression"]["activation_quant"]["amax"]
-        attach_activation_quant(after, scales=act["amax"], frozen=True)
+        attach_activation_quant(after, scales=act["amax"], frozen=True, weight_bits=8)
     again = evaluate_splits(after.eval(), stage_datamodule(cfg, cfg.mwer), ["test"], student_root / "again")
     assert again["wer/test"] == report["wer/test"]
 
